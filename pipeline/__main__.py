@@ -1,0 +1,3 @@
+from pipeline.app import main
+
+main()

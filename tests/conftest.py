@@ -1,0 +1,81 @@
+"""Shared fixtures: the real configs composed with Hydra, tiny IDX data, the real MNIST."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pipeline import download
+from pipeline.idx import write_idx
+from pipeline.paths import PROJECT_ROOT
+
+# Captured before the autouse fixture below hides it from every test.
+_REAL_MIRROR = os.environ.get(download.MIRROR_ENV)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_mirror(monkeypatch):
+    """Tests name their mirrors explicitly; the developer's or CI's mirror must not leak in."""
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Compose conf/config.yaml with overrides, data kept under this test's tmp_path."""
+
+    def make(*overrides: str):
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            return compose("config", overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides])
+
+    return make
+
+
+def tiny_digit_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n 28×28 uint8 images, class k a bright bar at a class-specific place plus noise."""
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k : 5 + 2 * k, 4:24] = 255
+    return images, labels.astype(np.uint8)
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch) -> Path:
+    """A mirror folder with four tiny, well-formed MNIST-named IDX files (300 train, 100 test).
+
+    download.MNIST_FILES is patched to their checksums, so the real download and
+    preprocess code runs on them unchanged.
+    """
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        images, labels = tiny_digit_images(n, rng)
+        write_idx(mirror / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(mirror / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    md5s = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in mirror.iterdir()}
+    monkeypatch.setattr(download, "MNIST_FILES", md5s)
+    return mirror
+
+
+@pytest.fixture
+def real_mnist_mirror() -> Path:
+    """The folder of the four real MNIST files ($PIPELINE_DATA_MIRROR or ../shared/...).
+
+    Skipped where absent, except under CI=true, where missing real data is a failure.
+    """
+    candidates = [Path(_REAL_MIRROR)] if _REAL_MIRROR else []
+    candidates.append(PROJECT_ROOT.parent / "shared" / "datasets" / "mnist")
+    for folder in candidates:
+        if all((folder / name).exists() for name in download.MNIST_FILES):
+            return folder.resolve()
+    message = f"real MNIST not found: set {download.MIRROR_ENV} to a folder with the four .gz files"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
