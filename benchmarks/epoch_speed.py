@@ -1,0 +1,125 @@
+"""Seconds per training epoch on the real 60k MNIST training set, ours vs the libraries.
+
+    make bench                      # or: python benchmarks/epoch_speed.py --repeats 5
+
+The same 784-16-16-10 network (sigmoid, quadratic cost, plain mini-batch SGD) at each
+batch size, for this project's NumPy code, scikit-learn's MLPClassifier (time per epoch =
+fit time / n_iter_) and, if it is installed, PyTorch eager. One BLAS thread everywhere;
+each figure is the minimum of several single-epoch repeats, so noise can only add time.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before NumPy loads its BLAS
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from pipeline import download  # noqa: E402
+from pipeline.idx import read_idx  # noqa: E402
+from pipeline.network import Network  # noqa: E402
+from pipeline.paths import PROJECT_ROOT  # noqa: E402
+from pipeline.sgd import SGDConfig, train  # noqa: E402
+
+TARGETS = {10: (0.30, 0.2), 100: (0.10, 0.4)}  # batch: (s/epoch, ratio to scikit-learn)
+
+
+def load_mnist_train() -> tuple[np.ndarray, np.ndarray]:
+    """All 60,000 training images as float32 rows in [0, 1], fetched by the download stage."""
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config")
+    paths = download.run(cfg)
+    x = read_idx(paths["train-images-idx3-ubyte.gz"]).reshape(60000, 784) / np.float32(255)
+    return x.astype(np.float32), read_idx(paths["train-labels-idx1-ubyte.gz"]).astype(np.int64)
+
+
+def time_ours(x, y, batch: int, repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        net = Network([784, 16, 16, 10], "sigmoid", "quadratic", "normal", rng=rng)
+        start = time.perf_counter()
+        train(net, x, y, SGDConfig(epochs=1, batch_size=batch, learning_rate=3.0), rng,
+              evaluate=False)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_sklearn(x, y, batch: int, repeats: int) -> float:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    times = []
+    for r in range(repeats):
+        clf = MLPClassifier(hidden_layer_sizes=(16, 16), activation="logistic", solver="sgd",
+                            batch_size=batch, learning_rate_init=0.5, momentum=0.0, alpha=0.0,
+                            max_iter=1, tol=0.0, shuffle=True, random_state=r)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            start = time.perf_counter()
+            clf.fit(x, y)
+            times.append((time.perf_counter() - start) / clf.n_iter_)
+    return min(times)
+
+
+def time_torch(x, y, batch: int, repeats: int) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    xt, yt = torch.from_numpy(x), torch.nn.functional.one_hot(torch.from_numpy(y), 10).float()
+    times = []
+    for r in range(repeats):
+        torch.manual_seed(r)
+        model = torch.nn.Sequential(torch.nn.Linear(784, 16), torch.nn.Sigmoid(),
+                                    torch.nn.Linear(16, 16), torch.nn.Sigmoid(),
+                                    torch.nn.Linear(16, 10), torch.nn.Sigmoid())
+        opt = torch.optim.SGD(model.parameters(), lr=3.0)
+        start = time.perf_counter()
+        for idx in torch.randperm(len(xt)).split(batch):
+            opt.zero_grad()
+            loss = 0.5 * ((model(xt[idx]) - yt[idx]) ** 2).sum(dim=1).mean()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100])
+    args = parser.parse_args()
+    x, y = load_mnist_train()
+    print(f"784-16-16-10 sigmoid/quadratic, plain SGD, {len(y)} images, 1 BLAS thread, "
+          f"min of {args.repeats} repeats")
+    header = f"{'batch':>5} {'ours s/ep':>10} {'sklearn s/ep':>13} {'ours/sklearn':>13} {'torch s/ep':>11}  target"
+    print(header)
+    with threadpool_limits(limits=1):
+        for batch in args.batch_sizes:
+            ours = time_ours(x, y, batch, args.repeats)
+            sk = time_sklearn(x, y, batch, args.repeats)
+            torch_s = time_torch(x, y, batch, args.repeats)
+            target = TARGETS.get(batch)
+            verdict = ""
+            if target:
+                ok = ours <= target[0] and ours / sk <= target[1]
+                verdict = f"≤{target[0]} s, ratio ≤{target[1]}: {'met' if ok else 'MISSED'}"
+            torch_txt = f"{torch_s:11.3f}" if torch_s is not None else f"{'—':>11}"
+            print(f"{batch:>5} {ours:10.3f} {sk:13.3f} {ours / sk:13.3f} {torch_txt}  {verdict}",
+                  flush=True)
+    if time_torch(x[:10], y[:10], 10, 1) is None:
+        print("(PyTorch not installed: its column is skipped; it is not a dependency)")
+
+
+if __name__ == "__main__":
+    main()

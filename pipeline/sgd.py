@@ -1,0 +1,117 @@
+"""Mini-batch stochastic gradient descent: w ← w − η ∇C, one step per mini-batch.
+
+Each epoch shuffles the training set by a permutation of indices (the data is never
+reordered in place), walks it in mini-batches of m rows and steps once per batch. Options:
+momentum μ (v ← μv − η∇C, w ← w + v), L2 weight decay λ (the cost gains λ/2n Σ w²), and a
+learning-rate schedule over epochs (constant, step, cosine).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from pipeline.errors import PipelineError
+from pipeline.network import Network, Workspace, with_ones_column
+
+SCHEDULES = ("constant", "step", "cosine")
+# Rows gathered per shuffle chunk: amortises the per-batch fancy-indexing call.
+_CHUNK_ROWS = 256
+
+
+class DivergenceError(PipelineError):
+    """The cost or a weight became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    epochs: int = 30
+    batch_size: int = 10
+    learning_rate: float = 3.0
+    momentum: float = 0.0
+    l2: float = 0.0
+    schedule: str = "constant"
+    step_every: int = 10  # schedule=step: epochs between decays
+    gamma: float = 0.5  # schedule=step: η multiplier at each decay
+
+    def eta(self, epoch: int) -> float:
+        """The learning rate η for epoch (0-based)."""
+        if self.schedule == "step":
+            return self.learning_rate * self.gamma ** (epoch // self.step_every)
+        if self.schedule == "cosine":
+            return self.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        return self.learning_rate
+
+
+def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
+          rng: np.random.Generator, validation: tuple[np.ndarray, np.ndarray] | None = None,
+          on_epoch: Callable[[dict], None] | None = None, evaluate: bool = True) -> list[dict]:
+    """Train `net` in place; return the per-epoch history (also passed to on_epoch).
+
+    Each record: epoch (1-based), learning_rate, epoch_seconds (the SGD steps alone) and,
+    with evaluate=True, train_cost, train_accuracy, and val_accuracy if validation is given.
+    Raises DivergenceError as soon as a weight or the cost is NaN or infinite.
+    """
+    if config.schedule not in SCHEDULES:
+        raise PipelineError(f"schedule={config.schedule!r} is unknown: choose one of {SCHEDULES}")
+    x = np.asarray(x, dtype=net.dtype)
+    n, m = len(y), config.batch_size
+    onehot = np.eye(net.sizes[-1], dtype=net.dtype)[y]
+    grad = np.empty_like(net.params)
+    velocity = np.zeros_like(net.params) if config.momentum else None
+    decay = net.weight_mask() if config.l2 else None
+    workspaces = {m: Workspace(net, m, grad)}
+    chunk = max(m, _CHUNK_ROWS // m * m)
+    x_chunk = np.ones((chunk, x.shape[1] + 1), dtype=net.dtype)  # [x, 1] rows
+    y_chunk = np.empty((chunk, onehot.shape[1]), dtype=net.dtype)
+    history = []
+    # Small matrices gain nothing from BLAS threads and lose a lot to oversubscription.
+    # Overflow is not warned about: a non-finite weight is caught below and reported.
+    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(config.epochs):
+            eta = config.eta(epoch)
+            start = time.perf_counter()
+            order = rng.permutation(n)
+            for c0 in range(0, n, chunk):
+                idx = order[c0:c0 + chunk]
+                # mode="clip" writes straight into `out`; "raise" would buffer a copy.
+                np.take(x, idx, axis=0, out=x_chunk[:len(idx), :-1], mode="clip")
+                np.take(onehot, idx, axis=0, out=y_chunk[:len(idx)], mode="clip")
+                for b0 in range(0, len(idx), m):
+                    b1 = min(b0 + m, len(idx))
+                    xb, yb, size = x_chunk[b0:b1], y_chunk[b0:b1], b1 - b0
+                    if size not in workspaces:  # the last, smaller batch of an epoch
+                        workspaces[size] = Workspace(net, size, grad)
+                    workspaces[size].backprop(xb, yb, scale=eta / size)  # grad = η ∇C
+                    if decay is not None:  # ∇(λ/2n Σw²) = (λ/n) w, weights only
+                        grad += (eta * config.l2 / n) * decay * net.params
+                    if velocity is None:
+                        net.params -= grad
+                    else:
+                        velocity *= config.momentum
+                        velocity -= grad
+                        net.params += velocity
+                if not np.isfinite(net.params).all():  # checked per chunk: cheap, and stops at once
+                    raise DivergenceError(_diverged(epoch + 1, eta, "a weight"))
+            record = {"epoch": epoch + 1, "learning_rate": eta,
+                      "epoch_seconds": time.perf_counter() - start}
+            if evaluate:
+                record["train_cost"], record["train_accuracy"] = net.evaluate(x, y, config.l2, n)
+                if not math.isfinite(record["train_cost"]):
+                    raise DivergenceError(_diverged(epoch + 1, eta, "the training cost"))
+                if validation is not None:
+                    record["val_accuracy"] = net.evaluate(*validation)[1]
+            history.append(record)
+            if on_epoch:
+                on_epoch(record)
+    return history
+
+
+def _diverged(epoch: int, eta: float, what: str) -> str:
+    return (f"training diverged: {what} became NaN or infinite in epoch {epoch} at learning "
+            f"rate η={eta:g}. Lower train.learning_rate (or use a smaller init scale).")

@@ -1,0 +1,142 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline import preprocess
+from pipeline.network import ACTIVATIONS, COSTS, INITS, Network
+from pipeline.sgd import DivergenceError, SGDConfig, train
+
+
+def test_the_classic_network_has_13002_weights_and_biases():
+    net = Network([784, 16, 16, 10])
+    assert net.n_params == 13002
+    assert [w.shape for w in net.weights] == [(784, 16), (16, 16), (16, 10)]
+    assert [b.shape for b in net.biases] == [(16,), (16,), (10,)]
+    # weights and biases are views of the one flat parameter array
+    net.params[:] = 7
+    assert all((w == 7).all() for w in net.weights) and all((b == 7).all() for b in net.biases)
+
+
+def _numeric_gradient(net, x, y, l2, n, h=1e-6):
+    """Central differences of the total cost C(params), one parameter at a time."""
+    grad = np.empty_like(net.params)
+    for i in range(net.n_params):
+        old = net.params[i]
+        net.params[i] = old + h
+        c_plus = net.evaluate(x, y, l2, n)[0]
+        net.params[i] = old - h
+        c_minus = net.evaluate(x, y, l2, n)[0]
+        net.params[i] = old
+        grad[i] = (c_plus - c_minus) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("activation,cost,l2", [
+    (a, c, l2) for a, c in itertools.product(ACTIVATIONS, COSTS) for l2 in (0.0, 0.8)])
+def test_backprop_matches_finite_differences(activation, cost, l2):
+    rng = np.random.default_rng(42)
+    net = Network([6, 5, 4, 3], activation, cost, "scaled", dtype="float64", rng=rng)
+    x = rng.random((8, 6))
+    y = rng.integers(0, 3, 8)
+    if activation == "relu":  # keep z away from the kink, where the derivative is undefined
+        x += 0.1
+    analytic = net.gradient(x, y, l2=l2, n=25)
+    numeric = _numeric_gradient(net, x, y, l2, 25)
+    rel = np.linalg.norm(analytic - numeric) / np.linalg.norm(analytic + numeric)
+    assert rel < 1e-6, f"relative error {rel:.2e}"
+    assert np.abs(analytic).max() > 1e-3  # a gradient of zeros would also "agree"
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_init_scales(init):
+    net = Network([400, 300, 10], init=init, dtype="float64", rng=np.random.default_rng(0))
+    expected = {"normal": 1.0, "scaled": 1 / 400, "he": 2 / 400, "glorot": 2 / 700}[init]
+    assert net.weights[0].var() == pytest.approx(expected, rel=0.05)
+
+
+def _digits(make_cfg):
+    cfg = make_cfg("data=digits")
+    preprocess.run(cfg)
+    return preprocess.load(cfg)
+
+
+def _fit(data, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    net = Network(kw.pop("sizes", [64, 32, 10]), kw.pop("activation", "sigmoid"),
+                  kw.pop("cost", "quadratic"), kw.pop("init", "normal"),
+                  kw.pop("dtype", "float32"), rng=rng)
+    config = SGDConfig(**{"epochs": 20, "batch_size": 10, "learning_rate": 1.0, **kw})
+    history = train(net, data.x("train"), data.y("train"), config, rng,
+                    validation=(data.x("val"), data.y("val")))
+    return net, history
+
+
+def test_classic_setup_learns_the_8x8_digits(make_cfg):
+    data = _digits(make_cfg)
+    net, history = _fit(data)
+    assert np.mean(net.predict(data.x("test")) == data.y("test")) >= 0.90
+    assert history[-1]["train_cost"] < history[0]["train_cost"] / 2
+    assert {"epoch", "learning_rate", "epoch_seconds", "train_cost", "train_accuracy",
+            "val_accuracy"} <= set(history[-1])
+
+
+@pytest.mark.parametrize("options", [
+    dict(activation="relu", cost="cross_entropy", init="he", learning_rate=0.1),
+    dict(activation="tanh", cost="cross_entropy", init="glorot", learning_rate=0.1, momentum=0.9),
+    dict(cost="quadratic", init="scaled", learning_rate=1.0, l2=1.0, schedule="cosine",
+         dtype="float64"),
+])
+def test_variants_learn_the_8x8_digits(make_cfg, options):
+    data = _digits(make_cfg)
+    net, _ = _fit(data, **options)
+    assert np.mean(net.predict(data.x("test")) == data.y("test")) >= 0.90
+
+
+def test_same_seed_gives_bit_identical_weights_and_metrics(make_cfg):
+    data = _digits(make_cfg)
+    (a, ha), (b, hb) = _fit(data, seed=3, epochs=3), _fit(data, seed=3, epochs=3)
+    np.testing.assert_array_equal(a.params, b.params)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
+    assert strip(ha) == strip(hb)
+    c, _ = _fit(data, seed=4, epochs=3)
+    assert not np.array_equal(a.params, c.params)
+
+
+def test_l2_shrinks_the_weights(make_cfg):
+    data = _digits(make_cfg)
+    plain, _ = _fit(data, epochs=5)
+    decayed, _ = _fit(data, epochs=5, l2=50.0)
+    norm = lambda net: sum(float((w ** 2).sum()) for w in net.weights)
+    assert norm(decayed) < 0.5 * norm(plain)
+
+
+def test_schedules():
+    step = SGDConfig(epochs=30, learning_rate=2.0, schedule="step", step_every=10, gamma=0.5)
+    assert [step.eta(e) for e in (0, 9, 10, 25)] == [2.0, 2.0, 1.0, 0.5]
+    cosine = SGDConfig(epochs=10, learning_rate=2.0, schedule="cosine")
+    assert cosine.eta(0) == 2.0 and cosine.eta(5) == pytest.approx(1.0)
+    assert SGDConfig(learning_rate=2.0).eta(29) == 2.0
+
+
+def test_an_absurd_learning_rate_raises_divergence_naming_epoch_and_rate(make_cfg):
+    data = _digits(make_cfg)
+    # (sigmoid units saturate rather than overflow: they never diverge, whatever η)
+    with pytest.raises(DivergenceError, match=r"epoch 1 at learning rate η=1e\+20"):
+        _fit(data, activation="relu", cost="cross_entropy", init="he", learning_rate=1e20)
+
+
+def test_save_load_gives_identical_predictions(make_cfg, tmp_path):
+    data = _digits(make_cfg)
+    net, _ = _fit(data, epochs=2, activation="tanh", cost="cross_entropy")
+    net.save(tmp_path / "net.npz")
+    loaded = Network.load(tmp_path / "net.npz")
+    assert (loaded.sizes, loaded.activation, loaded.cost) == ([64, 32, 10], "tanh", "cross_entropy")
+    np.testing.assert_array_equal(loaded.feedforward(data.x("test")), net.feedforward(data.x("test")))
+    with np.load(tmp_path / "net.npz", allow_pickle=False) as f:  # no pickled objects inside
+        assert sorted(f.files) == ["activation", "cost", "init", "params", "sizes"]
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(Exception, match="activation='softplus' is unknown"):
+        Network([4, 3], activation="softplus")
