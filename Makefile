@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+PORT   ?= 5000
 
-.PHONY: install run data test test-fast bench clean
+.PHONY: install run data train compare ui test test-fast bench clean
 
 install: $(STAMP)
 
@@ -22,6 +23,20 @@ run: install
 ## download and preprocess only
 data: install
 	$(PY) -m pipeline stages=[download,preprocess] $(ARGS)
+
+## train + evaluate (ours and the scikit-learn baseline), e.g. make train ARGS="model=nielsen"
+train: install
+	$(PY) -m pipeline $(ARGS)
+
+## table of the latest runs: ours vs scikit-learn for each config
+compare: install
+	$(PY) -m pipeline stages=[compare] $(ARGS)
+
+## the MLflow UI over the project's store, on 127.0.0.1 only
+ui: install
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts
 
 ## the whole test suite, slow tests on real MNIST included
 test: install

@@ -1,4 +1,8 @@
-"""The Hydra app: compose conf/config.yaml, then run each stage in `stages` in order."""
+"""The Hydra app: compose conf/config.yaml, validate it, run each stage in `stages` in order.
+
+Each stage is `run(cfg, results) -> output`; `results` maps the stages run so far in this
+invocation to their outputs (e.g. evaluate reads the run ids that train returned).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipeline import download, preprocess
+from pipeline import compare, config, download, evaluate, preprocess, train
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
 
@@ -17,19 +21,20 @@ log = logging.getLogger("pipeline")
 STAGES = {
     "download": download.run,
     "preprocess": preprocess.run,
+    "train": train.run,
+    "evaluate": evaluate.run,
+    "compare": compare.run,
 }
 
 
-def run_stages(cfg: DictConfig) -> None:
-    """Run the configured stages in order; raise PipelineError on bad input."""
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    if unknown:
-        raise PipelineError(
-            f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}"
-        )
+def run_stages(cfg: DictConfig) -> dict:
+    """Validate the config, then run the configured stages in order; return their outputs."""
+    config.validate(cfg, STAGES)
+    results: dict = {}
     for stage in cfg.stages:
         log.info("stage %s", stage)
-        STAGES[stage](cfg)
+        results[stage] = STAGES[stage](cfg, results)
+    return results
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")

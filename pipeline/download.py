@@ -43,7 +43,7 @@ class ChecksumMismatch(Exception):
     pass
 
 
-def run(cfg) -> dict[str, Path]:
+def run(cfg, results: dict | None = None) -> dict[str, Path]:
     """Make sure every MNIST file is in `data.raw_dir`, verified; return their paths."""
     if cfg.data.name != "mnist":
         log.info("download: data=%s needs no download", cfg.data.name)

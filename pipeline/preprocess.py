@@ -55,7 +55,7 @@ class Dataset:
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def run(cfg) -> Path:
+def run(cfg, results: dict | None = None) -> Path:
     """Write (or reuse) the processed arrays for `cfg.data`; return the .npz path."""
     out = output_path(cfg)
     if out.exists() and _manifest_path(out).exists():

@@ -1,0 +1,158 @@
+"""The config schema and its validation, run once at the boundary before any work.
+
+The dataclasses are registered with Hydra as the schema of conf/config.yaml: a key that
+does not exist or a value of the wrong type is rejected by Hydra with the key's name.
+Value constraints (ranges, choices) are declared in CONSTRAINTS, scikit-learn style, and
+checked by `validate`, which names every offending key and what it accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from pipeline.errors import PipelineError
+from pipeline.network import ACTIVATIONS, COSTS, INITS
+from pipeline.sgd import SCHEDULES
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"  # relative paths are taken from the project root
+    mlruns_dir: str = "mlruns"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    raw_dir: Optional[str] = None
+    processed_dir: str = MISSING
+    mirrors: list[str] = field(default_factory=list)
+    validation_size: int = MISSING
+    test_size: Optional[int] = None
+    split_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hidden_sizes: list[int] = MISSING
+    activation: str = "sigmoid"
+    cost: str = "quadratic"
+    init: str = "normal"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 10
+    learning_rate: float = 3.0
+    momentum: float = 0.0
+    l2: float = 0.0
+    schedule: str = "constant"
+    step_every: int = 10
+    gamma: float = 0.5
+    dtype: str = "float32"
+
+
+@dataclass
+class BaselineConfig:
+    name: str = "none"
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "mnist"
+    log_model: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    run_ids: list[str] = field(default_factory=list)  # empty: the runs trained just before
+    misclassified: int = 36  # digits in the grid of mistakes
+
+
+@dataclass
+class Config:
+    stages: list[str] = MISSING
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+ConfigStore.instance().store(name="base_config", node=Config)
+
+
+# ---- declarative value constraints ------------------------------------------------------
+
+def one_of(*choices) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {list(choices)}"
+
+
+def greater_than(low) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v > low), f"a number > {low}"
+
+
+def at_least(low) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"a number ≥ {low}"
+
+
+def in_range(low, high) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: low <= v < high), f"a number in [{low}, {high})"
+
+
+CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.name": one_of("mnist", "digits"),
+    "model.hidden_sizes": ((lambda v: len(v) > 0 and all(int(n) >= 1 for n in v)),
+                           "a non-empty list of layer sizes ≥ 1, e.g. [16,16]"),
+    "model.activation": one_of(*ACTIVATIONS),
+    "model.cost": one_of(*COSTS),
+    "model.init": one_of(*INITS),
+    "train.epochs": at_least(1),
+    "train.batch_size": at_least(1),
+    "train.learning_rate": greater_than(0),
+    "train.momentum": in_range(0, 1),
+    "train.l2": at_least(0),
+    "train.schedule": one_of(*SCHEDULES),
+    "train.step_every": at_least(1),
+    "train.gamma": greater_than(0),
+    "train.dtype": one_of("float32", "float64"),
+    "baseline.name": one_of("none", "sklearn_mlp"),
+}
+
+
+def validate(cfg, stages: dict) -> None:
+    """Raise PipelineError naming every key whose value breaks its constraint."""
+    problems = []
+    for key, (ok, accepts) in CONSTRAINTS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue  # a group this run does not use
+        if not ok(value):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            problems.append(f"{key}={shown!r}: must be {accepts}")
+    unknown = [s for s in cfg.stages if s not in stages]
+    if unknown:
+        problems.append(f"stages: unknown stage(s) {unknown}; choose from {list(stages)}")
+    n_train = training_set_size(cfg.data) if cfg.get("data") else None
+    if n_train is not None and "train" in cfg.stages and cfg.train.batch_size > n_train:
+        problems.append(f"train.batch_size={cfg.train.batch_size}: must be at most the "
+                        f"training set size ({n_train} images)")
+    if problems:
+        raise PipelineError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def training_set_size(data_cfg) -> int | None:
+    """Images left for training once the validation (and, for digits, test) split is out."""
+    total = {"mnist": 60000, "digits": 1797}.get(data_cfg.name)
+    if total is None:
+        return None
+    return total - int(data_cfg.validation_size) - int(data_cfg.test_size or 0)

@@ -1,0 +1,22 @@
+"""The trained network as an MLflow pyfunc model: 784-pixel rows in, digits out.
+
+Logged as "models from code": MLflow stores this file and the network's .npz and
+rebuilds the model from them, so nothing is pickled.
+"""
+
+import mlflow
+import numpy as np
+
+from pipeline.network import Network
+
+
+class DigitClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.net = Network.load(context.artifacts["network"])
+
+    def predict(self, context, model_input, params=None):
+        """The predicted digit (brightest output neuron) for each row of pixels in [0, 1]."""
+        return self.net.predict(np.asarray(model_input, dtype=self.net.dtype))
+
+
+mlflow.models.set_model(DigitClassifier())

@@ -1,0 +1,179 @@
+"""The train, evaluate and compare stages, checked by querying the MLflow store they wrote."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from hydra.errors import ConfigCompositionException
+from mlflow.tracking import MlflowClient
+
+from pipeline import compare, preprocess
+from pipeline.app import run_stages
+from pipeline.errors import PipelineError
+from pipeline.paths import PROJECT_ROOT
+from pipeline.sgd import DivergenceError
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def digits_cfg(make_cfg, store, tmp_path):
+    def make(*overrides):
+        return make_cfg("data=digits", "train.epochs=4", f"paths.mlruns_dir={tmp_path / 'mlruns'}",
+                        *overrides)
+    return make
+
+
+def _runs(store, **filters):
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("mnist")
+    runs = client.search_runs([experiment.experiment_id])
+    return client, {r.data.tags.get("model_family", r.info.run_name): r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run of the full pipeline on the 8×8 digits (ours + baseline), shared by the tests."""
+    tmp = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=digits", "train.epochs=4",
+                                           f"paths.data_dir={tmp / 'data'}"])
+    results = run_stages(cfg)
+    yield cfg, uri, results
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def test_both_runs_are_logged_with_params_metrics_and_tags(trained):
+    cfg, uri, results = trained
+    client, runs = _runs(uri)
+    assert set(runs) == {"numpy_mlp", "sklearn_mlp"}
+    assert sorted(results["train"]) == sorted(r.info.run_id for r in runs.values())
+    for family, run in runs.items():
+        assert run.info.status == "FINISHED"
+        params, tags = run.data.params, run.data.tags
+        assert params["model.hidden_sizes"] == "[16, 16]"
+        assert params["train.learning_rate"] == "3.0" and params["data.name"] == "digits"
+        assert params["model.activation"] == "sigmoid" and params["seed"] == "0"
+        assert len(tags["git_commit"]) >= 7 and tags["config_hash"]
+        for metric in ("train_cost", "train_accuracy", "val_accuracy", "epoch_seconds"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert [m.step for m in history] == [1, 2, 3, 4], (family, metric)
+        assert 0.5 < run.data.metrics["test_accuracy"] <= 1.0
+        assert run.data.metrics["test_cost"] > 0
+    # ours and the baseline share the config hash: compare pairs them on it
+    assert runs["numpy_mlp"].data.tags["config_hash"] == runs["sklearn_mlp"].data.tags["config_hash"]
+
+
+def test_artifacts_and_dataset_inputs_are_logged(trained):
+    cfg, uri, _ = trained
+    client, runs = _runs(uri)
+    data = preprocess.load(cfg)
+    for run in runs.values():
+        paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "config.yaml" in paths
+        evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+        assert {"evaluation/confusion_matrix.png", "evaluation/misclassified.png",
+                "evaluation/classification_report.json"} <= evaluation
+        config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+        assert "hidden_sizes:\n  - 16\n  - 16" in config_text
+        report = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/classification_report.json")
+        assert set(report) >= {str(k) for k in range(10)} | {"accuracy", "macro avg"}
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"digits-train", "digits-val", "digits-test"}
+        assert inputs["digits-train"].dataset.digest == data.digests["x_train"][:12] + data.digests["y_train"][:12]
+        assert {t.value for d in inputs.values() for t in d.tags} >= {"training", "validation", "testing"}
+
+
+@pytest.mark.parametrize("family", ["numpy_mlp", "sklearn_mlp"])
+def test_logged_model_reproduces_the_logged_test_accuracy_exactly(trained, family):
+    cfg, uri, _ = trained
+    _, runs = _runs(uri)
+    run = runs[family]
+    data = preprocess.load(cfg)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    predicted = np.asarray(model.predict(data.x("test")))
+    assert np.mean(predicted == data.y("test")) == run.data.metrics["test_accuracy"]
+    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
+
+
+def test_compare_pairs_ours_with_the_baseline_and_logs_the_table(trained):
+    cfg, uri, _ = trained
+    table = compare.run(cfg, {})
+    assert len(table) == 1
+    assert {"numpy_mlp test_acc", "sklearn_mlp test_acc", "numpy_mlp train_s",
+            "sklearn_mlp train_s"} <= set(table.columns)
+    client, runs = _runs(uri)
+    report = runs["compare"]
+    assert {a.path for a in client.list_artifacts(report.info.run_id)} == {"compare.csv", "compare.md"}
+
+
+def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
+    cfg = digits_cfg("model=modern", "train.learning_rate=1e20", "baseline=none",
+                     "stages=[preprocess,train]")
+    with pytest.raises(DivergenceError):
+        run_stages(cfg)
+    _, runs = _runs(store)
+    run = runs["numpy_mlp"]
+    assert run.info.status == "FAILED"
+    assert "training diverged" in run.data.tags["failure_reason"]
+    assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.activation=softplus", "model.activation='softplus': must be one of ['sigmoid', 'relu', 'tanh']"),
+    ("train.learning_rate=-0.5", "train.learning_rate=-0.5: must be a number > 0"),
+    ("train.learning_rate=0", "train.learning_rate=0.0: must be a number > 0"),
+    ("model.hidden_sizes=[]", "model.hidden_sizes=[]: must be a non-empty list"),
+    ("train.batch_size=5000", "train.batch_size=5000: must be at most the training set size (1197 images)"),
+    ("train.epochs=0", "train.epochs=0: must be a number ≥ 1"),
+])
+def test_invalid_configs_are_rejected_before_any_work(digits_cfg, override, message, tmp_path):
+    cfg = digits_cfg(override)
+    with pytest.raises(PipelineError) as e:
+        run_stages(cfg)
+    assert message in str(e.value)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.learnin_rate=1", "train.learnin_rate"),
+    ("train.epochs=many", "train.epochs"),
+])
+def test_unknown_keys_and_wrong_types_are_rejected_by_the_schema(make_cfg, override, message):
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg(override)
+    assert message in str(e.value) + str(e.value.__cause__)
+
+
+def test_app_reports_an_invalid_config_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "model.activation=softplus", f"paths.data_dir={tmp_path}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "model.activation='softplus': must be one of" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_classic_setup_on_real_mnist_reaches_93_percent(real_mnist_mirror, make_cfg, store):
+    cfg = make_cfg(f"data.mirrors=[{real_mnist_mirror}]", "baseline=none",
+                   "stages=[download,preprocess,train]")
+    run_stages(cfg)
+    _, runs = _runs(store)
+    accuracy = runs["numpy_mlp"].data.metrics["test_accuracy"]
+    assert accuracy >= 0.93, f"classic 784-16-16-10 test accuracy {accuracy:.4f}"
