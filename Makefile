@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 PORT   ?= 5000
+SWEEP  ?= grid
 
-.PHONY: install run data train compare ui test test-fast bench clean
+.PHONY: install run data train compare ui server sweep test test-fast bench clean
 
 install: $(STAMP)
 
@@ -32,11 +33,17 @@ train: install
 compare: install
 	$(PY) -m pipeline stages=[compare] $(ARGS)
 
-## the MLflow UI over the project's store, on 127.0.0.1 only
+## the MLflow UI over the project's store, on 127.0.0.1 (PORT=5001 make ui for another port)
 ui: install
-	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts
+	$(PY) -m pipeline.ui --port $(PORT)
+
+## the same server, for sweep jobs elsewhere: MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
+server: ui
+
+## a tracked sweep (SWEEP=grid|tweaks16|best|smoke); data is prepared once, first
+sweep: install
+	$(PY) -m pipeline stages=[download,preprocess]
+	$(PY) -m pipeline sweep=$(SWEEP) $(ARGS)
 
 ## the whole test suite, slow tests on real MNIST included
 test: install

@@ -10,9 +10,11 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import compare, config, download, evaluate, preprocess, train
+from pipeline import compare, config, download, evaluate, preprocess, sweep, tracking, train
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
 
@@ -39,8 +41,22 @@ def run_stages(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            run_stages(cfg)
+        except PipelineError as e:
+            log.error("%s", e)
+            sys.exit(2)
+        return
+    # A sweep job: its runs are children of the sweep's parent run, and a failure is
+    # recorded (the run ends FAILED) without stopping the other jobs.
+    cfg.tracking.parent_run_id = sweep.parent_run_id(hydra_cfg.sweep.dir)
+    cfg.tracking.skip_finished = True
+    result = {"config_hash": tracking.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
     try:
-        run_stages(cfg)
-    except PipelineError as e:
-        log.error("%s", e)
-        sys.exit(2)
+        result.update(status="ok", runs=run_stages(cfg).get("train", []))
+    except Exception as e:  # noqa: BLE001 — any failure of one job must not end the sweep
+        log.error("job failed: %s: %s", type(e).__name__, e)
+        result.update(status="failed", error=f"{type(e).__name__}: {e}")
+    sweep.write_job_result(hydra_cfg.runtime.output_dir, result)

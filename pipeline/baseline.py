@@ -4,6 +4,7 @@ Same hidden sizes, activation (sigmoid → logistic), learning rate, batch size,
 momentum and L2 (alpha: sklearn's penalty is alpha/2n Σ w², the same as ours). It always
 uses softmax outputs with log-loss, whatever model.cost says, and a constant learning
 rate. One partial_fit call is one epoch, so validation accuracy is logged per epoch.
+Like ours, it trains on one BLAS thread, so train_seconds compare like with like.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sklearn
 from mlflow.models import infer_signature
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
 
 from pipeline import tracking
 
@@ -46,8 +48,8 @@ def train_sklearn(cfg, data) -> str:
         train_seconds = 0.0
         for epoch in range(1, cfg.train.epochs + 1):
             start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
+            with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+                warnings.simplefilter("ignore", ConvergenceWarning)  # one epoch per call
                 clf.partial_fit(x, y, classes=classes)
             seconds = time.perf_counter() - start
             train_seconds += seconds

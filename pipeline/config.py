@@ -67,6 +67,10 @@ class BaselineConfig:
 class TrackingConfig:
     experiment: str = "mnist"
     log_model: bool = True
+    # Reuse a FINISHED run of the same config hash and model family instead of training
+    # again (sweeps set it, so that a rerun resumes where a killed sweep stopped).
+    skip_finished: bool = False
+    parent_run_id: Optional[str] = None  # set by a sweep job: its runs are the parent's children
 
 
 @dataclass

@@ -29,11 +29,15 @@ def run(cfg, results: dict) -> list[str]:
     data = preprocess.load(cfg)
     x, y = data.x("test"), data.y("test")
     tracking.setup(cfg)
+    client = mlflow.MlflowClient()
     for run_id in run_ids:
+        if cfg.tracking.skip_finished and client.get_run(run_id).data.tags.get("evaluated"):
+            continue  # a resumed sweep: this run was evaluated when it was trained
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
         predicted = np.asarray(model.predict(x)).astype(np.int64)
         with tracking.run(cfg, run_id=run_id):
             log_evaluation(y, predicted, x, cfg.evaluate.misclassified)
+            mlflow.set_tag("evaluated", "true")
     return run_ids
 
 

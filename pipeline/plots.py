@@ -22,3 +22,8 @@ def digit_grid(images: np.ndarray, titles: list[str], columns: int = 9):
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def layer_label(hidden_sizes: str) -> str:
+    """'[16, 16]' (a logged param) → '16-16'."""
+    return "-".join(s.strip() for s in str(hidden_sizes).strip("[]").split(","))

@@ -52,8 +52,11 @@ def setup(cfg) -> str:
     name = cfg.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
+        # Beside a local SQLite store, artifacts go to mlruns/artifacts/; a tracking server
+        # (http, postgresql, ...) chooses its own artifact store.
+        location = f"{artifact_root(cfg)}/{name}" if uri.startswith("sqlite:") else None
         try:
-            return mlflow.create_experiment(name, artifact_location=f"{artifact_root(cfg)}/{name}")
+            return mlflow.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:
@@ -67,8 +70,9 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
         tags: dict | None = None, nested: bool = False):
     """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`."""
     experiment_id = setup(cfg)
+    parent = None if run_id else cfg.tracking.get("parent_run_id")
     with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
-                          tags=tags, nested=nested) as active:
+                          tags=tags, nested=nested, parent_run_id=parent) as active:
         try:
             yield active
         except BaseException as e:
@@ -98,7 +102,31 @@ def log_datasets(data) -> None:
                 data.x(split), targets=data.y(split), source=str(data.path),
                 name=f"{data.name}-{split}",
                 digest=data.digests[f"x_{split}"][:12] + data.digests[f"y_{split}"][:12])
-        mlflow.log_input(dataset, context=context)
+        for attempt in range(5):
+            try:
+                mlflow.log_input(dataset, context=context)
+                break
+            except mlflow.exceptions.MlflowException as e:
+                # Two parallel jobs inserting the same dataset: MLflow's get-or-create is not
+                # atomic, and the loser hits the unique constraint. Again, it finds the row.
+                if "UNIQUE constraint" not in str(e) or attempt == 4:
+                    raise
+
+
+def finished_run_id(cfg, family: str) -> str | None:
+    """A FINISHED training run of this config hash and model family, if there is one.
+
+    Runs of the same config left RUNNING (their process was killed) are marked KILLED on
+    the way, so that no run stays RUNNING forever.
+    """
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [setup(cfg)], f"tags.config_hash = '{config_hash(cfg)}' and tags.model_family = '{family}'")
+    for stale in (r for r in runs if r.info.status == "RUNNING"):
+        client.set_tag(stale.info.run_id, "failure_reason", "interrupted: its process ended")
+        client.set_terminated(stale.info.run_id, "KILLED")
+    finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+    return finished[0] if finished else None
 
 
 def flat_params(cfg) -> dict[str, str]:

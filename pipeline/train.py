@@ -31,9 +31,16 @@ EPOCH_METRICS = ("train_cost", "train_accuracy", "val_accuracy", "epoch_seconds"
 def run(cfg, results: dict) -> list[str]:
     """Train this project's network and, if configured, the baseline; return the run ids."""
     data = preprocess.load(cfg)
-    run_ids = [train_numpy(cfg, data)]
+    trainers = {"numpy_mlp": train_numpy}
     if cfg.baseline.name == "sklearn_mlp":
-        run_ids.append(baseline.train_sklearn(cfg, data))
+        trainers["sklearn_mlp"] = baseline.train_sklearn
+    run_ids = []
+    for family, trainer in trainers.items():
+        done = tracking.finished_run_id(cfg, family) if cfg.tracking.skip_finished else None
+        if done:
+            log.info("train: %s already has a finished run for this config (%s): skipped",
+                     family, done)
+        run_ids.append(done or trainer(cfg, data))
     log.info("train: runs %s logged to %s — browse them with `make ui`",
              ", ".join(run_ids), tracking.tracking_uri(cfg))
     return run_ids

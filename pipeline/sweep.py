@@ -1,0 +1,162 @@
+"""Sweeps: a Hydra multirun as one MLflow parent run with a child run per job.
+
+`SweepCallback` (named in conf/sweep/*.yaml) runs in the launching process:
+- before any job starts, it creates the SQLite database, the experiment and the parent run
+  (parallel jobs on a fresh database would otherwise race on table creation), and writes
+  the parent's id into the sweep folder, where each job reads it;
+- when every job has ended, it summarises the children on the parent: a results table
+  (CSV + Markdown), the best child by validation accuracy (tagged, its metrics copied to
+  the parent), and plots of test accuracy against each swept setting. The multirun exits
+  non-zero only if every job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pipeline import plots, tracking
+
+log = logging.getLogger(__name__)
+PARENT_FILE = "parent_run_id"
+RESULT_FILE = "result.json"
+SETTINGS = {"hidden_sizes": "params.model.hidden_sizes", "activation": "params.model.activation",
+            "cost": "params.model.cost", "init": "params.model.init",
+            "learning_rate": "params.train.learning_rate", "batch_size": "params.train.batch_size",
+            "epochs": "params.train.epochs", "momentum": "params.train.momentum",
+            "l2": "params.train.l2", "schedule": "params.train.schedule", "seed": "params.seed"}
+PLOTTED = ("hidden_sizes", "learning_rate", "batch_size")
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def write_job_result(output_dir: str | Path, result: dict) -> None:
+    Path(output_dir, RESULT_FILE).write_text(json.dumps(result, indent=2))
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Workers start after this: one BLAS thread each, or 2 jobs × N threads fight for cores.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        experiment_id = tracking.setup(config)
+        parent = mlflow.MlflowClient().create_run(
+            experiment_id, run_name=f"sweep-{sweep_dir.name}",
+            tags={"kind": "sweep", "sweep_dir": str(sweep_dir.resolve()),
+                  "git_commit": tracking.git_commit()})
+        (sweep_dir / PARENT_FILE).write_text(parent.info.run_id)
+        log.info("sweep: parent run %s", parent.info.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        parent = parent_run_id(sweep_dir)
+        if parent is None:
+            return
+        results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"))]
+        tracking.setup(config)
+        table = summarize(parent, results)
+        failed = sum(r["status"] != "ok" for r in results)
+        status = "FINISHED" if failed < len(results) else "FAILED"
+        mlflow.MlflowClient().set_terminated(parent, status)
+        log.info("sweep: %d jobs, %d failed; summary on parent run %s", len(results), failed, parent)
+        if table is not None:
+            shown = table.drop(columns=["run_id", "failure_reason"]).dropna(axis=1, how="all")
+            print(shown.to_string(index=False))
+        if results and failed == len(results):
+            # Hydra turns an exception raised here into a warning; an exit code it passes on.
+            log.error("sweep: all %d jobs failed; see the FAILED child runs of parent run %s "
+                      "(tag failure_reason)", failed, parent)
+            sys.exit(1)
+
+
+def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
+    """Log the results table, best child and plots to the parent run; return the table."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent).info.experiment_id
+    children = mlflow.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    reused = [run_id for r in results for run_id in r.get("runs", [])]
+    if reused:  # runs skipped on a rerun belong to an earlier parent but to this sweep too
+        ids = ", ".join(f"'{i}'" for i in reused)
+        earlier = mlflow.search_runs([experiment_id], f"attributes.run_id IN ({ids})")
+        children = pd.concat([children, earlier]).drop_duplicates("run_id")
+    if children.empty:
+        return None
+    table = results_table(children)
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_text(table.to_csv(index=False), "summary/results.csv")
+        mlflow.log_text(table.to_markdown(index=False), "summary/results.md")
+        ours = table[(table.family == "numpy_mlp") & (table.status == "FINISHED")]
+        if not ours.empty:
+            best = ours.loc[ours.val_accuracy.idxmax()]
+            client.set_tag(best.run_id, "best_in_sweep", "true")
+            mlflow.set_tags({"best_child_run_id": best.run_id,
+                             **{f"best.{k}": str(best[k]) for k in SETTINGS}})
+            mlflow.log_metrics({m: float(best[m]) for m in
+                                ("val_accuracy", "test_accuracy", "train_seconds")})
+        for setting in PLOTTED:
+            if table[setting].nunique() > 1:
+                fig = accuracy_plot(table, setting)
+                mlflow.log_figure(fig, f"summary/test_accuracy_vs_{setting}.png")
+                plt.close(fig)
+    return table
+
+
+def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per child run: its settings, family, status and accuracies."""
+    columns = {"run_id": "run_id", "tags.model_family": "family", "status": "status",
+               **{v: k for k, v in SETTINGS.items()},
+               "metrics.val_accuracy": "val_accuracy", "metrics.test_accuracy": "test_accuracy",
+               "metrics.train_seconds": "train_seconds", "tags.failure_reason": "failure_reason"}
+    table = runs.reindex(columns=list(columns)).rename(columns=columns)
+    for key in ("learning_rate", "momentum", "l2"):
+        table[key] = pd.to_numeric(table[key])
+    for key in ("batch_size", "epochs", "seed"):
+        table[key] = pd.to_numeric(table[key]).astype("Int64")
+    return table.sort_values(["family", "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+
+
+def accuracy_plot(table: pd.DataFrame, setting: str):
+    """Mean test accuracy against one setting: a line per activation, the baseline dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = table[table.status == "FINISHED"]
+    order = sorted(done[setting].unique(), key=_sort_key)
+    for i, activation in enumerate(sorted(done.activation.unique())):
+        for family, style in (("numpy_mlp", "-o"), ("sklearn_mlp", "--s")):
+            rows = done[(done.activation == activation) & (done.family == family)]
+            if rows.empty:
+                continue
+            means = rows.groupby(setting).test_accuracy.mean().reindex(order).dropna()
+            x = means.index if setting != "hidden_sizes" else [order.index(v) for v in means.index]
+            label = f"{activation} ({'ours' if family == 'numpy_mlp' else 'scikit-learn'})"
+            ax.plot(x, means.values, style, color=f"C{i}", label=label)
+    if setting == "hidden_sizes":
+        ax.set_xticks(range(len(order)), [plots.layer_label(v) for v in order])
+    if setting == "learning_rate":
+        ax.set_xscale("log")
+    ax.set_xlabel(setting.replace("_", " ") + (" (η)" if setting == "learning_rate" else ""))
+    ax.set_ylabel("test accuracy (mean over the other settings)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _sort_key(value):
+    try:
+        return (0, sum(json.loads(value)), value) if isinstance(value, str) else (0, value, "")
+    except (TypeError, ValueError):
+        return (1, 0, str(value))

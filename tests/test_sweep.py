@@ -1,0 +1,151 @@
+"""Sweeps as a user runs them (`python -m pipeline sweep=smoke ...`), checked in MLflow."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.paths import PROJECT_ROOT
+
+EXPERIMENT = "sweep-smoke"
+
+
+def _sweep(tmp_path, db, *overrides, wait=True):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    env.pop("PIPELINE_DATA_MIRROR", None)
+    command = [sys.executable, "-m", "pipeline", "sweep=smoke", f"paths.data_dir={tmp_path / 'data'}",
+               f"hydra.sweep.dir={tmp_path / 'multirun' / str(time.monotonic_ns())}", *overrides]
+    if not wait:
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _runs(db) -> pd.DataFrame:
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return pd.DataFrame([{"run_id": r.info.run_id, "status": r.info.status,
+                          "kind": r.data.tags.get("kind"), "family": r.data.tags.get("model_family"),
+                          "hash": r.data.tags.get("config_hash"),
+                          "parent": r.data.tags.get("mlflow.parentRunId"),
+                          "hidden": r.data.params.get("model.hidden_sizes"),
+                          "eta": r.data.params.get("train.learning_rate"),
+                          "reason": r.data.tags.get("failure_reason", ""), "tags": r.data.tags,
+                          "metrics": r.data.metrics} for r in runs])
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_smoke_sweep_on_a_fresh_store_links_children_and_summarizes(tmp_path, attempt):
+    db = tmp_path / "fresh.db"
+    result = _sweep(tmp_path, db)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs(db)
+    parent = runs[runs.kind == "sweep"]
+    assert len(parent) == 1 and parent.status.item() == "FINISHED"
+    children = runs[runs.kind == "training"]
+    assert len(children) == 4 and set(children.status) == {"FINISHED"}
+    assert set(children.parent) == {parent.run_id.item()}
+    assert sorted(children.family) == ["numpy_mlp", "numpy_mlp", "sklearn_mlp", "sklearn_mlp"]
+    assert children.hash.nunique() == 2  # one hash per config, shared by ours and the baseline
+
+    client = MlflowClient(f"sqlite:///{db}")
+    parent_id = parent.run_id.item()
+    summary = {a.path for a in client.list_artifacts(parent_id, "summary")}
+    assert summary == {"summary/results.csv", "summary/results.md",
+                       "summary/test_accuracy_vs_hidden_sizes.png"}
+    best = parent.tags.item()["best_child_run_id"]
+    ours = children[children.family == "numpy_mlp"]
+    best_val = max(m["val_accuracy"] for m in ours.metrics)
+    assert ours.set_index("run_id").loc[best].metrics["val_accuracy"] == best_val
+    assert parent.metrics.item()["val_accuracy"] == best_val
+    assert client.get_run(best).data.tags["best_in_sweep"] == "true"
+
+
+def test_rerun_skips_finished_configs(tmp_path):
+    db = tmp_path / "store.db"
+    assert _sweep(tmp_path, db).returncode == 0
+    first = _runs(db)
+    assert _sweep(tmp_path, db).returncode == 0
+    runs = _runs(db)
+    training = runs[runs.kind == "training"]
+    assert len(training) == 4  # nothing trained again
+    assert set(training.run_id) == set(first[first.kind == "training"].run_id)
+    parents = runs[runs.kind == "sweep"]
+    assert len(parents) == 2 and set(parents.status) == {"FINISHED"}
+    # the new parent still summarises all four runs of the sweep
+    newest = parents[~parents.run_id.isin(first.run_id)].run_id.item()
+    table = pd.read_csv(MlflowClient(f"sqlite:///{db}").download_artifacts(newest, "summary/results.csv"))
+    assert len(table) == 4
+
+
+def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_path):
+    db = tmp_path / "store.db"
+    overrides = ["train.epochs=40", "model.hidden_sizes=[8],[12],[16],[20]"]
+    process = _sweep(tmp_path, db, *overrides, wait=False)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # kill as soon as some run is training
+            if db.exists():
+                try:
+                    runs = _runs(db)
+                except Exception:  # noqa: BLE001 — tables still being created
+                    runs = pd.DataFrame()
+                if not runs.empty and (runs[runs.kind == "training"].status == "RUNNING").any():
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no training run started within 120 s")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    result = _sweep(tmp_path, db, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    training = _runs(db)
+    training = training[training.kind == "training"]
+    finished = training[training.status == "FINISHED"]
+    state = training[["family", "hidden", "status", "reason"]].to_string()
+    assert len(finished) == 8, state
+    assert finished.groupby(["hash", "family"]).size().eq(1).all(), state
+    assert "RUNNING" not in set(training.status), state  # the killed ones are marked KILLED
+
+
+def test_a_diverging_job_fails_while_the_others_finish(tmp_path):
+    db = tmp_path / "store.db"
+    result = _sweep(tmp_path, db, "model=modern", "model.hidden_sizes=[16]",
+                    "train.learning_rate=0.1,1e20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs(db)
+    training = runs[runs.kind == "training"]
+    diverged = training[training.eta == "1e+20"]
+    assert set(diverged.status) == {"FAILED"}
+    assert any("diverged" in reason for reason in diverged.reason)
+    assert set(training[training.eta == "0.1"].status) == {"FINISHED"}
+    assert runs[runs.kind == "sweep"].status.item() == "FINISHED"
+
+
+def test_a_sweep_whose_every_job_fails_exits_nonzero(tmp_path):
+    db = tmp_path / "store.db"
+    result = _sweep(tmp_path, db, "model=modern", "baseline=none", "model.hidden_sizes=[8],[16]",
+                    "train.learning_rate=1e20")
+    assert result.returncode != 0
+    assert "all 2 jobs failed" in result.stderr + result.stdout
+    runs = _runs(db)
+    assert runs[runs.kind == "sweep"].status.item() == "FAILED"
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    db = tmp_path / "store.db"
+    result = _sweep(tmp_path, db, "hydra/launcher=submitit_local", "baseline=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs(db)
+    training = runs[runs.kind == "training"]
+    assert len(training) == 2 and set(training.status) == {"FINISHED"}
+    assert set(training.parent) == {runs[runs.kind == "sweep"].run_id.item()}
