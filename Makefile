@@ -7,7 +7,7 @@ ARGS   ?=
 PORT   ?= 5000
 SWEEP  ?= grid
 
-.PHONY: install run data train compare ui server sweep test test-fast bench clean
+.PHONY: install run data train compare analyze ui server sweep test test-fast bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ train: install
 ## table of the latest runs: ours vs scikit-learn for each config
 compare: install
 	$(PY) -m pipeline stages=[compare] $(ARGS)
+
+## what the network learned, on the latest classic run (RUN_ID=<id> for another run)
+analyze: install
+	$(PY) -m pipeline stages=[analyze] $(if $(RUN_ID),analyze.run_id=$(RUN_ID)) $(ARGS)
 
 ## the MLflow UI over the project's store, on 127.0.0.1 (PORT=5001 make ui for another port)
 ui: install

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import compare, config, download, evaluate, preprocess, sweep, tracking, train
+from pipeline import analyze, compare, config, download, evaluate, preprocess, sweep, tracking, train
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
 
@@ -26,6 +26,7 @@ STAGES = {
     "train": train.run,
     "evaluate": evaluate.run,
     "compare": compare.run,
+    "analyze": analyze.run,
 }
 
 

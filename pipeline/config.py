@@ -34,6 +34,7 @@ class DataConfig:
     validation_size: int = MISSING
     test_size: Optional[int] = None
     split_seed: int = 0
+    label_shuffle: float = 0.0  # fraction of training labels permuted (1.0: random labels)
 
 
 @dataclass
@@ -80,6 +81,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class AnalyzeConfig:
+    run_id: Optional[str] = None  # default: the latest finished run of ours named model_name
+    model_name: str = "classic"
+    noise_images: int = 1000
+    memorize_epochs: int = 30  # the run's own network on shuffled labels
+    memorize_subset: int = 5000  # images the wide network memorises
+    memorize_hidden: list[int] = field(default_factory=lambda: [512])
+    memorize_wide_epochs: int = 60
+    learning_rates: list[float] = field(default_factory=lambda: [0.05, 0.5, 3.0, 30.0, 300.0])
+    lr_epochs: int = 15
+    seeds: int = 5
+
+
+@dataclass
 class Config:
     stages: list[str] = MISSING
     seed: int = 0
@@ -90,6 +105,7 @@ class Config:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=Config)
@@ -115,6 +131,7 @@ def in_range(low, high) -> tuple[Callable[[Any], bool], str]:
 
 CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": one_of("mnist", "digits"),
+    "data.label_shuffle": ((lambda v: 0 <= v <= 1), "a fraction in [0, 1]"),
     "model.hidden_sizes": ((lambda v: len(v) > 0 and all(int(n) >= 1 for n in v)),
                            "a non-empty list of layer sizes ≥ 1, e.g. [16,16]"),
     "model.activation": one_of(*ACTIVATIONS),
@@ -130,6 +147,9 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.gamma": greater_than(0),
     "train.dtype": one_of("float32", "float64"),
     "baseline.name": one_of("none", "sklearn_mlp"),
+    "analyze.seeds": at_least(2),
+    "analyze.noise_images": at_least(1),
+    "analyze.memorize_subset": at_least(10),
 }
 
 

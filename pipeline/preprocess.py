@@ -63,6 +63,9 @@ def run(cfg, results: dict | None = None) -> Path:
         return out
     x_train, y_train, x_test, y_test = _load_raw(cfg.data)
     x_train, x_val, y_train, y_val = _split(x_train, y_train, cfg.data)
+    fraction = float(cfg.data.get("label_shuffle") or 0.0)
+    if fraction:  # only the training labels: validation and test keep the truth
+        y_train = shuffle_labels(y_train, fraction, np.random.default_rng(int(cfg.data.split_seed)))
     arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
               "x_test": x_test, "y_test": y_test}
     with atomic_write(out) as f:
@@ -76,6 +79,18 @@ def run(cfg, results: dict | None = None) -> Path:
     log.info("preprocess: wrote %s (train %d, val %d, test %d)", out,
              len(y_train), len(y_val), len(y_test))
     return out
+
+
+def shuffle_labels(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A copy of y in which a random `fraction` of the labels are permuted among themselves.
+
+    fraction=1.0 is the random-label experiment: every image keeps a label, drawn from the
+    true label distribution but unrelated to the image.
+    """
+    y = y.copy()
+    chosen = rng.choice(len(y), size=int(round(fraction * len(y))), replace=False)
+    y[chosen] = y[rng.permutation(chosen)]
+    return y
 
 
 def output_path(cfg) -> Path:
@@ -116,7 +131,8 @@ def _cache_key(data_cfg) -> str:
     settings = {"format": _FORMAT_VERSION, "inputs": inputs, "name": data_cfg.name,
                 "validation_size": int(data_cfg.validation_size),
                 "test_size": int(data_cfg.get("test_size") or 0),
-                "split_seed": int(data_cfg.split_seed)}
+                "split_seed": int(data_cfg.split_seed),
+                "label_shuffle": float(data_cfg.get("label_shuffle") or 0.0)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -19,9 +19,11 @@ _REAL_MIRROR = os.environ.get(download.MIRROR_ENV)
 
 
 @pytest.fixture(autouse=True)
-def _no_env_mirror(monkeypatch):
-    """Tests name their mirrors explicitly; the developer's or CI's mirror must not leak in."""
+def _isolated_environment(monkeypatch, tmp_path):
+    """Tests name their mirrors explicitly (the developer's or CI's must not leak in), and
+    log to a store of their own, never to the project's mlruns/."""
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'test-mlflow.db'}")
 
 
 @pytest.fixture

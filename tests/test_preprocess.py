@@ -15,7 +15,8 @@ from pipeline.paths import PROJECT_ROOT
 
 
 def test_tiny_mnist_is_scaled_flattened_and_split_stratified(tiny_mnist, make_cfg):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
+    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
+                   "stages=[download,preprocess]")
     run_stages(cfg)
     data = preprocess.load(cfg)
     assert data.x("train").shape == (250, 784) and data.x("val").shape == (50, 784)
@@ -34,7 +35,8 @@ def test_tiny_mnist_is_scaled_flattened_and_split_stratified(tiny_mnist, make_cf
 
 
 def test_manifest_records_the_sha256_of_every_array(tiny_mnist, make_cfg):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
+    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
+                   "stages=[download,preprocess]")
     run_stages(cfg)
     data = preprocess.load(cfg)
     assert set(data.digests) == {f"{a}_{s}" for a in "xy" for s in preprocess.SPLITS}
@@ -44,7 +46,8 @@ def test_manifest_records_the_sha256_of_every_array(tiny_mnist, make_cfg):
 
 def test_cache_is_reused_for_the_same_config_and_recomputed_for_a_new_one(
         tiny_mnist, make_cfg, monkeypatch):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
+    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
+                   "stages=[download,preprocess]")
     run_stages(cfg)
     first = preprocess.output_path(cfg)
     mtime = first.stat().st_mtime_ns
@@ -56,7 +59,8 @@ def test_cache_is_reused_for_the_same_config_and_recomputed_for_a_new_one(
         m.setattr(preprocess, "_load_raw", no_recompute)
         assert preprocess.run(cfg) == first and first.stat().st_mtime_ns == mtime
 
-    other = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=60")
+    other = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=60",
+                     "stages=[download,preprocess]")
     assert preprocess.output_path(other) != first
     run_stages(other)
     assert len(preprocess.load(other).y("val")) == 60
@@ -65,7 +69,8 @@ def test_cache_is_reused_for_the_same_config_and_recomputed_for_a_new_one(
 
 
 def test_arrays_without_a_manifest_are_not_trusted(tiny_mnist, make_cfg):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
+    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
+                   "stages=[download,preprocess]")
     run_stages(cfg)
     out = preprocess.output_path(cfg)
     out.with_suffix(".json").unlink()
@@ -89,7 +94,7 @@ def test_missing_raw_files_say_to_download(make_cfg):
 
 
 def test_digits_dataset_needs_no_download(make_cfg):
-    cfg = make_cfg("data=digits")
+    cfg = make_cfg("data=digits", "stages=[download,preprocess]")
     run_stages(cfg)
     data = preprocess.load(cfg)
     assert [len(data.y(s)) for s in preprocess.SPLITS] == [1197, 300, 300]
@@ -118,7 +123,7 @@ def test_app_without_network_or_mirror_says_what_to_set(tmp_path):
 
 @pytest.mark.slow
 def test_real_mnist_download_and_preprocess(real_mnist_mirror, make_cfg, tmp_path):
-    cfg = make_cfg(f"data.mirrors=[{real_mnist_mirror}]")
+    cfg = make_cfg(f"data.mirrors=[{real_mnist_mirror}]", "stages=[download,preprocess]")
     run_stages(cfg)
     labels = read_idx(tmp_path / "data" / "raw" / "mnist" / "train-labels-idx1-ubyte.gz")
     assert np.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,11 +21,28 @@ def _sweep(tmp_path, db, *overrides, wait=True):
     env.pop("PIPELINE_DATA_MIRROR", None)
     command = [sys.executable, "-m", "pipeline", "sweep=smoke", f"paths.data_dir={tmp_path / 'data'}",
                f"hydra.sweep.dir={tmp_path / 'multirun' / str(time.monotonic_ns())}", *overrides]
-    if not wait:
-        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if wait is not True:  # a log file: start it in its own process group and return
+        with open(wait, "w") as out:
+            return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                                    stdout=out, stderr=subprocess.STDOUT)
     return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+def _training_runs_running(db) -> bool:
+    """Read-only look at the store: an MlflowClient here would race the sweep to create
+    the tables, the very race the sweep avoids by creating them before its jobs start."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
+            (count,) = connection.execute(
+                "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
+                "WHERE tags.key = 'kind' AND tags.value = 'training' AND runs.status = 'RUNNING'"
+            ).fetchone()
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return False
+    return count > 0
 
 
 def _runs(db) -> pd.DataFrame:
@@ -88,20 +106,16 @@ def test_rerun_skips_finished_configs(tmp_path):
 def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_path):
     db = tmp_path / "store.db"
     overrides = ["train.epochs=40", "model.hidden_sizes=[8],[12],[16],[20]"]
-    process = _sweep(tmp_path, db, *overrides, wait=False)
+    log = tmp_path / "killed-sweep.log"
+    process = _sweep(tmp_path, db, *overrides, wait=log)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:  # kill as soon as some run is training
-            if db.exists():
-                try:
-                    runs = _runs(db)
-                except Exception:  # noqa: BLE001 — tables still being created
-                    runs = pd.DataFrame()
-                if not runs.empty and (runs[runs.kind == "training"].status == "RUNNING").any():
-                    break
+            if _training_runs_running(db):
+                break
             time.sleep(0.05)
         else:
-            pytest.fail("no training run started within 120 s")
+            pytest.fail(f"no training run started within 120 s:\n{log.read_text()[-3000:]}")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
