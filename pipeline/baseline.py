@@ -43,7 +43,7 @@ def train_sklearn(cfg, data) -> str:
     clf = make_classifier(cfg)
     x, y = data.x("train"), data.y("train")
     classes = np.arange(10)
-    with tracking.training_run(cfg, data, "sklearn_mlp", f"{cfg.model.name}-sklearn") as active:
+    with tracking.training_run(cfg, data, "sklearn_mlp") as active:
         mlflow.set_tag("sklearn_version", sklearn.__version__)
         train_seconds = 0.0
         for epoch in range(1, cfg.train.epochs + 1):

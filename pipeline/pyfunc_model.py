@@ -14,7 +14,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.net = Network.load(context.artifacts["network"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         """The predicted digit (brightest output neuron) for each row of pixels in [0, 1]."""
         return self.net.predict(np.asarray(model_input, dtype=self.net.dtype))
 

@@ -82,8 +82,11 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
 
 
 @contextmanager
-def training_run(cfg, data, family: str, run_name: str):
-    """A training run with what every training run logs: config, tags, dataset inputs."""
+def training_run(cfg, data, family: str):
+    """A training run with what every training run logs: config, tags, dataset inputs.
+
+    Named e.g. classic-16-16-numpy, readable in the MLflow UI's run lists."""
+    run_name = "-".join([cfg.model.name, *map(str, cfg.model.hidden_sizes), family.split("_")[0]])
     tags = {"model_family": family, "kind": "training", "git_commit": git_commit(),
             "config_hash": config_hash(cfg), "model_name": cfg.model.name}
     with run(cfg, run_name=run_name, tags=tags) as active:

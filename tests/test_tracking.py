@@ -111,8 +111,9 @@ def test_logged_model_reproduces_the_logged_test_accuracy_exactly(trained, famil
     assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
 
 
-def test_compare_pairs_ours_with_the_baseline_and_logs_the_table(trained):
+def test_compare_pairs_ours_with_the_baseline_and_logs_the_table(trained, monkeypatch):
     cfg, uri, _ = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     table = compare.run(cfg, {})
     assert len(table) == 1
     assert {"numpy_mlp test_acc", "sklearn_mlp test_acc", "numpy_mlp train_s",
