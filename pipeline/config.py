@@ -16,7 +16,7 @@ from omegaconf import MISSING, OmegaConf
 
 from pipeline.errors import PipelineError
 from pipeline.network import ACTIVATIONS, COSTS, INITS
-from pipeline.sgd import SCHEDULES
+from pipeline.sgd import SCHEDULES, SGDConfig
 
 
 @dataclass
@@ -47,15 +47,9 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 10
-    learning_rate: float = 3.0
-    momentum: float = 0.0
-    l2: float = 0.0
-    schedule: str = "constant"
-    step_every: int = 10
-    gamma: float = 0.5
+class TrainConfig(SGDConfig):
+    """The SGD settings (pipeline/sgd.py) plus the float type the network computes in."""
+
     dtype: str = "float32"
 
 

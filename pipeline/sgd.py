@@ -28,7 +28,7 @@ class DivergenceError(PipelineError):
     """The cost or a weight became NaN or infinite."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class SGDConfig:
     epochs: int = 30
     batch_size: int = 10
