@@ -67,12 +67,12 @@ def setup(cfg) -> str:
 
 @contextmanager
 def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
-        tags: dict | None = None, nested: bool = False):
+        tags: dict | None = None):
     """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`."""
     experiment_id = setup(cfg)
     parent = None if run_id else cfg.tracking.get("parent_run_id")
     with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
-                          tags=tags, nested=nested, parent_run_id=parent) as active:
+                          tags=tags, parent_run_id=parent) as active:
         try:
             yield active
         except BaseException as e:
