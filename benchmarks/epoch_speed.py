@@ -23,11 +23,11 @@ import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from pipeline import config as _config  # noqa: E402,F401 — registers the schema
 from pipeline import download  # noqa: E402
 from pipeline.idx import read_idx  # noqa: E402
-from pipeline.network import Network  # noqa: E402
+from pipeline.engine import Network, SGDConfig, train  # noqa: E402
 from pipeline.paths import PROJECT_ROOT  # noqa: E402
-from pipeline.sgd import SGDConfig, train  # noqa: E402
 
 TARGETS = {10: (0.30, 0.2), 100: (0.10, 0.4)}  # batch: (s/epoch, ratio to scikit-learn)
 

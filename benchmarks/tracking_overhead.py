@@ -14,23 +14,18 @@ import time
 
 import numpy as np
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from pipeline import config as _config  # noqa: F401 — registers the schema
 from pipeline import preprocess, train
-from pipeline.network import Network
+from pipeline.engine import train as sgd_train
 from pipeline.paths import PROJECT_ROOT
-from pipeline.sgd import SGDConfig
-from pipeline.sgd import train as sgd_train
 
 
 def untracked(cfg, data) -> float:
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    settings = OmegaConf.to_container(cfg.train, resolve=True)
-    dtype = settings.pop("dtype")
-    net = Network([data.x("train").shape[1], *cfg.model.hidden_sizes, 10], cfg.model.activation,
-                  cfg.model.cost, cfg.model.init, dtype, rng=rng)
-    sgd_train(net, data.x("train"), data.y("train"), SGDConfig(**settings), rng,
+    net = train.build_network(cfg, data.x("train").shape[1], rng)
+    sgd_train(net, data.x("train"), data.y("train"), train.sgd_config(cfg), rng,
               validation=(data.x("val"), data.y("val")))
     net.evaluate(data.x("test"), data.y("test"))
     return time.perf_counter() - start

@@ -25,9 +25,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline import plots, preprocess, tracking
+from pipeline.engine import DivergenceError, Network, SGDConfig, train
 from pipeline.errors import PipelineError
-from pipeline.network import Network
-from pipeline.sgd import DivergenceError, SGDConfig, train
+from pipeline.train import build_network, sgd_config
 
 log = logging.getLogger(__name__)
 CONFIDENT = 0.9
@@ -159,15 +159,11 @@ def noise_test(net: Network, data, n: int, rng: np.random.Generator, report: Rep
     return fractions
 
 
-def _train_curve(run_cfg, x, y, *, sizes=None, seed=None, validation=None, **overrides):
-    """Train a network of the run's config (or `sizes`) on (x, y); return (net, history)."""
-    settings = {**OmegaConf.to_container(run_cfg.train, resolve=True), **overrides}
-    dtype = settings.pop("dtype")
+def _train_curve(run_cfg, x, y, *, seed=None, validation=None, **overrides):
+    """Train a network of the run's config on (x, y); return (net, history)."""
     rng = np.random.default_rng(run_cfg.seed if seed is None else seed)
-    sizes = sizes or [x.shape[1], *run_cfg.model.hidden_sizes, 10]
-    net = Network(sizes, run_cfg.model.activation, run_cfg.model.cost, run_cfg.model.init,
-                  dtype, rng=rng)
-    return net, train(net, x, y, SGDConfig(**settings), rng, validation=validation)
+    net = build_network(run_cfg, x.shape[1], rng)
+    return net, train(net, x, y, sgd_config(run_cfg, **overrides), rng, validation=validation)
 
 
 def random_labels(run_cfg, data, a, report: Report) -> dict:
@@ -186,11 +182,13 @@ def random_labels(run_cfg, data, a, report: Report) -> dict:
         else:
             out["true_label_train_accuracy"] = history[-1]["train_accuracy"]
     n = min(a.memorize_subset, len(y))
+    # The wide network trains the modern way, which memorises fastest.
+    wide = {"hidden_sizes": list(a.memorize_hidden), "activation": "relu",
+            "cost": "cross_entropy", "init": "he"}
     sizes = [x.shape[1], *a.memorize_hidden, 10]
     for label, labels in (("true labels", y[:n]), ("shuffled labels", shuffled[:n])):
-        # The wide network trains the modern way, which memorises fastest.
         rng_net = np.random.default_rng(run_cfg.seed)
-        net = Network(sizes, "relu", "cross_entropy", "he", rng=rng_net)
+        net = Network.from_spec(wide, x.shape[1], rng=rng_net)
         history = train(net, x[:n], labels, SGDConfig(
             epochs=a.memorize_wide_epochs, batch_size=32, learning_rate=0.05, momentum=0.9),
             rng_net)

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import analyze, compare, config, download, evaluate, preprocess, sweep, tracking, train
-from pipeline.errors import PipelineError
+from pipeline.errors import USER_ERRORS
 from pipeline.paths import PROJECT_ROOT
 
 log = logging.getLogger("pipeline")
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_stages(cfg)
-        except PipelineError as e:
+        except USER_ERRORS as e:
             log.error("%s", e)
             sys.exit(2)
         return

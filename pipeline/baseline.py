@@ -1,10 +1,17 @@
-"""The reference: scikit-learn's MLPClassifier on the same config, split and scaling.
+"""The reference: scikit-learn's MLPClassifier as the same experiment as ours.
 
-Same hidden sizes, activation (sigmoid → logistic), learning rate, batch size, epochs,
-momentum and L2 (alpha: sklearn's penalty is alpha/2n Σ w², the same as ours). It always
-uses softmax outputs with log-loss, whatever model.cost says, and a constant learning
-rate. One partial_fit call is one epoch, so validation accuracy is logged per epoch.
-Like ours, it trains on one BLAS thread, so train_seconds compare like with like.
+Same split, scaling, hidden sizes, activation (sigmoid → logistic), learning rate η, batch
+size m, epochs and momentum (plain, not Nesterov's), and the same weight decay: our cost
+gains λ/2n Σ w² (n the training-set size), so each step shrinks the weights by η·λ/n · w;
+MLPClassifier divides its penalty gradient alpha · w by the batch's rows m instead, so
+alpha = λ·m/n gives it the same decay per step (the one smaller last batch of an epoch
+aside). Its random_state is a RandomState seeded by `seed` rather than the int itself:
+partial_fit re-seeds from an int on every call, which would replay one shuffle every epoch.
+
+It always uses softmax outputs with log loss and its own initialisation, whatever
+model.cost and model.init say, and a constant learning rate. One partial_fit call is one
+epoch, so the same per-epoch metrics as ours are logged (pipeline/metrics.py). Like ours,
+it trains on one BLAS thread, so train_seconds compare like with like.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
-from pipeline import tracking
+from pipeline import metrics, tracking
 
 log = logging.getLogger(__name__)
 SKLEARN_ACTIVATION = {"sigmoid": "logistic", "relu": "relu", "tanh": "tanh"}
@@ -30,21 +37,35 @@ SKOPS_TRUSTED_TYPES = ["sklearn.neural_network._stochastic_optimizers.SGDOptimiz
                        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
 
 
-def make_classifier(cfg) -> MLPClassifier:
+def equivalent_alpha(l2: float, batch_size: int, n_train: int) -> float:
+    """MLPClassifier's alpha for our λ: alpha/m per step equals λ/n, so alpha = λ·m/n."""
+    return l2 * batch_size / n_train
+
+
+def make_classifier(cfg, n_train: int) -> MLPClassifier:
     return MLPClassifier(
         hidden_layer_sizes=tuple(cfg.model.hidden_sizes),
         activation=SKLEARN_ACTIVATION[cfg.model.activation], solver="sgd",
         learning_rate_init=cfg.train.learning_rate, learning_rate="constant",
         batch_size=cfg.train.batch_size, momentum=cfg.train.momentum,
-        nesterovs_momentum=False, alpha=cfg.train.l2, shuffle=True, random_state=cfg.seed)
+        nesterovs_momentum=False,
+        alpha=equivalent_alpha(cfg.train.l2, cfg.train.batch_size, n_train),
+        shuffle=True, random_state=np.random.RandomState(cfg.seed))
+
+
+def sklearn_params(clf: MLPClassifier, seed: int) -> dict[str, str]:
+    """The estimator's get_params(), prefixed sklearn.; the RandomState shown with its seed."""
+    params = {f"sklearn.{k}": str(v) for k, v in clf.get_params().items()}
+    params["sklearn.random_state"] = f"RandomState({seed})"
+    return params
 
 
 def train_sklearn(cfg, data) -> str:
-    clf = make_classifier(cfg)
     x, y = data.x("train"), data.y("train")
+    clf = make_classifier(cfg, len(y))
     classes = np.arange(10)
     with tracking.training_run(cfg, data, "sklearn_mlp") as active:
-        mlflow.set_tag("sklearn_version", sklearn.__version__)
+        mlflow.log_params(sklearn_params(clf, cfg.seed))
         train_seconds = 0.0
         for epoch in range(1, cfg.train.epochs + 1):
             start = time.perf_counter()
@@ -56,17 +77,17 @@ def train_sklearn(cfg, data) -> str:
             if not np.isfinite(clf.loss_):
                 raise RuntimeError(f"MLPClassifier diverged in epoch {epoch} at learning "
                                    f"rate {cfg.train.learning_rate}: its loss is {clf.loss_}")
-            mlflow.log_metrics({"train_cost": clf.loss_curve_[-1],
-                                "train_accuracy": clf.score(x, y),
-                                "val_accuracy": clf.score(data.x("val"), data.y("val")),
-                                "epoch_seconds": seconds}, step=epoch)
-        probabilities = clf.predict_proba(data.x("test"))
-        test_cost = float(-np.mean(np.log(np.maximum(
-            probabilities[np.arange(len(probabilities)), data.y("test")], 1e-300))))
-        test_accuracy = float(np.mean(probabilities.argmax(axis=1) == data.y("test")))
-        mlflow.log_metrics({"test_accuracy": test_accuracy, "test_cost": test_cost,
-                            "train_seconds": train_seconds})
-        log.info("train: sklearn_mlp test accuracy %.4f", test_accuracy)
+            mlflow.log_metrics({
+                "sklearn_loss": clf.loss_curve_[-1],
+                **metrics.classification_metrics("train", clf.predict_proba(x), y),
+                **metrics.classification_metrics("val", clf.predict_proba(data.x("val")),
+                                                 data.y("val")),
+                "learning_rate": cfg.train.learning_rate, "epoch_seconds": seconds},
+                step=epoch)
+        final = metrics.classification_metrics("test", clf.predict_proba(data.x("test")),
+                                               data.y("test"))
+        mlflow.log_metrics({**final, "train_seconds": train_seconds})
+        log.info("train: sklearn_mlp test accuracy %.4f", final["test_accuracy"])
         if cfg.tracking.log_model:
             sample = data.x("test")[:5]
             mlflow.sklearn.log_model(

@@ -15,8 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from pipeline.errors import PipelineError
-from pipeline.network import ACTIVATIONS, COSTS, INITS
-from pipeline.sgd import SCHEDULES, SGDConfig
+from pipeline.engine import ACTIVATIONS, COSTS, INITS, SCHEDULES, SGDConfig
 
 
 @dataclass
@@ -48,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig(SGDConfig):
-    """The SGD settings (pipeline/sgd.py) plus the float type the network computes in."""
+    """The SGD settings (pipeline/engine/sgd.py) plus the float type the network computes in."""
 
     dtype: str = "float32"
 

@@ -1,13 +1,14 @@
 """The trained network as an MLflow pyfunc model: 784-pixel rows in, digits out.
 
-Logged as "models from code": MLflow stores this file and the network's .npz and
-rebuilds the model from them, so nothing is pickled.
+Logged as "models from code": MLflow stores this file, the network's .npz and the engine
+(pipeline/engine, numpy and scipy only) and rebuilds the model from them, so nothing is
+pickled and loading needs nothing of the pipeline (no Hydra, pandas or scikit-learn).
 """
 
 import mlflow
 import numpy as np
 
-from pipeline.network import Network
+from pipeline.engine.network import Network
 
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):

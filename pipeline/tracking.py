@@ -20,8 +20,12 @@ from omegaconf import OmegaConf
 
 # A bar per artifact download drowns the pipeline's own log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow would copy the project's uv.lock into every logged model, and restore the whole
+# project from it when serving: our models need only the engine and their requirements.txt.
+os.environ.setdefault("MLFLOW_LOG_UV_FILES", "false")
 import mlflow  # noqa: E402
 
+from pipeline.environment import environment_tags
 from pipeline.paths import PROJECT_ROOT, from_root
 
 log = logging.getLogger(__name__)
@@ -88,7 +92,8 @@ def training_run(cfg, data, family: str):
     Named e.g. classic-16-16-numpy, readable in the MLflow UI's run lists."""
     run_name = "-".join([cfg.model.name, *map(str, cfg.model.hidden_sizes), family.split("_")[0]])
     tags = {"model_family": family, "kind": "training", "git_commit": git_commit(),
-            "config_hash": config_hash(cfg), "model_name": cfg.model.name}
+            "config_hash": config_hash(cfg), "model_name": cfg.model.name,
+            **environment_tags()}
     with run(cfg, run_name=run_name, tags=tags) as active:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

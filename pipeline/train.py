@@ -1,14 +1,16 @@
 """Stage `train`: train the network (and the scikit-learn baseline) as tracked MLflow runs.
 
-Each run logs the resolved config as params and config.yaml, per-epoch train_cost,
-train_accuracy, val_accuracy and epoch_seconds, the final test_accuracy and test_cost on
-the untouched test set, the dataset with its digest, and the model (a pyfunc that
-predicts digits from pixel rows). A run that fails ends FAILED with the reason as a tag.
+Each run logs the resolved config as params and config.yaml, the environment it ran on
+(env.* tags), per-epoch metrics, the final metrics on the untouched test set (names and
+definitions: pipeline/metrics.py), the dataset with its digest, and the model (a pyfunc
+that predicts digits from pixel rows and ships only the engine). A run that fails ends
+FAILED with the reason as a tag.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,13 +22,11 @@ from mlflow.models import infer_signature
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pipeline import baseline, preprocess, pyfunc_model, tracking
-from pipeline.network import Network
+from pipeline import baseline, metrics, preprocess, pyfunc_model, tracking
+from pipeline.engine import Network, SGDConfig, train
 from pipeline.paths import PROJECT_ROOT
-from pipeline.sgd import SGDConfig, train
 
 log = logging.getLogger(__name__)
-EPOCH_METRICS = ("train_cost", "train_accuracy", "val_accuracy", "epoch_seconds")
 
 
 def run(cfg, results: dict) -> list[str]:
@@ -47,34 +47,57 @@ def run(cfg, results: dict) -> list[str]:
     return run_ids
 
 
+def build_network(cfg, n_inputs: int, rng: np.random.Generator) -> Network:
+    """The network a config describes (model.* and train.dtype), initialised from rng."""
+    return Network.from_spec(OmegaConf.to_container(cfg.model, resolve=True), n_inputs,
+                             dtype=cfg.train.dtype, rng=rng)
+
+
+def sgd_config(cfg, **overrides) -> SGDConfig:
+    """The engine's SGD settings from train.* (everything but the dtype)."""
+    settings = OmegaConf.to_container(cfg.train, resolve=True)
+    settings.pop("dtype")
+    return SGDConfig(**{**settings, **overrides})
+
+
 def train_numpy(cfg, data) -> str:
+    """Train ours; log per-epoch and final metrics; return the run id.
+
+    One generator, seeded by `seed`, draws the initial weights and then every epoch's
+    shuffle, so the seed fixes the run.
+    """
     rng = np.random.default_rng(cfg.seed)
-    sizes = [data.x("train").shape[1], *cfg.model.hidden_sizes, 10]
-    sgd_settings = OmegaConf.to_container(cfg.train, resolve=True)
-    dtype = sgd_settings.pop("dtype")
-    net = Network(sizes, cfg.model.activation, cfg.model.cost, cfg.model.init, dtype, rng=rng)
+    net = build_network(cfg, data.x("train").shape[1], rng)
+    x, y = data.x("train"), data.y("train")
     with tracking.training_run(cfg, data, "numpy_mlp") as active:
         with tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=None) as bar:
             def on_epoch(record):
-                mlflow.log_metrics({k: record[k] for k in EPOCH_METRICS},
-                                   step=record["epoch"])
+                a = net.outputs(x)
+                epoch_metrics = {
+                    "train_cost": net.total_cost(a, y, cfg.train.l2, len(y)),
+                    **metrics.classification_metrics("train", net.C.probabilities(a), y),
+                    **metrics.classification_metrics("val", net.predict_proba(data.x("val")),
+                                                     data.y("val")),
+                    "learning_rate": record["learning_rate"],
+                    "epoch_seconds": record["epoch_seconds"]}
+                mlflow.log_metrics(epoch_metrics, step=record["epoch"])
                 bar.update()
-                bar.set_postfix(val_accuracy=f"{record['val_accuracy']:.4f}")
+                bar.set_postfix(val_accuracy=f"{epoch_metrics['val_accuracy']:.4f}")
 
-            history = train(net, data.x("train"), data.y("train"), SGDConfig(**sgd_settings), rng,
-                            validation=(data.x("val"), data.y("val")), on_epoch=on_epoch)
-        test_cost, test_accuracy = net.evaluate(data.x("test"), data.y("test"))
-        mlflow.log_metrics({"test_accuracy": test_accuracy, "test_cost": test_cost,
-                            "train_seconds": sum(r["epoch_seconds"] for r in history)})
+            history = train(net, x, y, sgd_config(cfg), rng, on_epoch=on_epoch, evaluate=False)
+        final = metrics.classification_metrics("test", net.predict_proba(data.x("test")),
+                                               data.y("test"))
+        mlflow.log_metrics({**final, "train_seconds": sum(r["epoch_seconds"] for r in history)})
         mlflow.set_tag("n_params", str(net.n_params))
-        log.info("train: numpy_mlp %s test accuracy %.4f", sizes, test_accuracy)
+        log.info("train: numpy_mlp %s test accuracy %.4f", net.sizes, final["test_accuracy"])
         if cfg.tracking.log_model:
             log_network(net, data)
         return active.info.run_id
 
 
 def log_network(net: Network, data) -> None:
-    """The network as a pyfunc model logged from code (pyfunc_model.py + network.npz)."""
+    """The network as a pyfunc model logged from code: pyfunc_model.py, network.npz and,
+    as its only code, the engine (pipeline/engine) — it loads with numpy, scipy and mlflow."""
     sample = data.x("test")[:5]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # An input example would make MLflow load and run the model again at logging
@@ -85,6 +108,16 @@ def log_network(net: Network, data) -> None:
         mlflow.pyfunc.log_model(
             name="model", python_model=pyfunc_model.__file__, artifacts={"network": str(path)},
             signature=infer_signature(sample, net.predict(sample)),
-            code_paths=[str(PROJECT_ROOT / "pipeline")],
+            code_paths=[str(engine_package(Path(tmp)))],
             pip_requirements=[f"numpy=={np.__version__}", f"scipy=={scipy.__version__}",
                               f"mlflow=={mlflow.__version__}"])
+
+
+def engine_package(folder: Path) -> Path:
+    """folder/pipeline: the package's (import-free) __init__.py and the engine, nothing else."""
+    package = folder / "pipeline"
+    package.mkdir()
+    shutil.copy(PROJECT_ROOT / "pipeline" / "__init__.py", package)
+    shutil.copytree(PROJECT_ROOT / "pipeline" / "engine", package / "engine",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return package

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from pipeline import config as _config  # noqa: F401 — registers the schema with Hydra
 from pipeline import download
 from pipeline.idx import write_idx
 from pipeline.paths import PROJECT_ROOT

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import preprocess
-from pipeline.network import ACTIVATIONS, COSTS, INITS, Network
-from pipeline.sgd import DivergenceError, SGDConfig, train
+from pipeline.engine import ACTIVATIONS, COSTS, INITS, DivergenceError, Network, SGDConfig, train
 
 
 def test_the_classic_network_has_13002_weights_and_biases():

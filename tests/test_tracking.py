@@ -14,7 +14,7 @@ from pipeline import compare, preprocess
 from pipeline.app import run_stages
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
-from pipeline.sgd import DivergenceError
+from pipeline.engine import DivergenceError
 
 
 @pytest.fixture
@@ -70,11 +70,19 @@ def test_both_runs_are_logged_with_params_metrics_and_tags(trained):
         assert params["train.learning_rate"] == "3.0" and params["data.name"] == "digits"
         assert params["model.activation"] == "sigmoid" and params["seed"] == "0"
         assert len(tags["git_commit"]) >= 7 and tags["config_hash"]
-        for metric in ("train_cost", "train_accuracy", "val_accuracy", "epoch_seconds"):
+        own_loss = {"numpy_mlp": "train_cost", "sklearn_mlp": "sklearn_loss"}[family]
+        for metric in (own_loss, "train_accuracy", "train_log_loss", "val_accuracy",
+                       "val_log_loss", "epoch_seconds"):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == [1, 2, 3, 4], (family, metric)
         assert 0.5 < run.data.metrics["test_accuracy"] <= 1.0
-        assert run.data.metrics["test_cost"] > 0
+        assert run.data.metrics["test_log_loss"] > 0
+        # what it ran on, filterable: versions, BLAS and its kernel, CPU, lock
+        assert tags["env.numpy"] == np.__version__ and tags["env.blas_kernel"]
+        assert tags["env.cpu"] and tags["env.python"] and len(tags["env.lock_sha256"]) == 16
+    # one name, one quantity: each family's own objective has its own name
+    assert "sklearn_loss" not in runs["numpy_mlp"].data.metrics
+    assert "train_cost" not in runs["sklearn_mlp"].data.metrics
     # ours and the baseline share the config hash: compare pairs them on it
     assert runs["numpy_mlp"].data.tags["config_hash"] == runs["sklearn_mlp"].data.tags["config_hash"]
 

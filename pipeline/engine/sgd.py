@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from pipeline.errors import PipelineError
-from pipeline.network import Network, Workspace, with_ones_column
+try:  # optional: the engine needs only numpy and scipy (a logged model has no more)
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+from .errors import DivergenceError, EngineError
+from .network import Network, Workspace
 
 SCHEDULES = ("constant", "step", "cosine")
 # Rows gathered per shuffle chunk: amortises the per-batch fancy-indexing call.
 _CHUNK_ROWS = 256
-
-
-class DivergenceError(PipelineError):
-    """The cost or a weight became NaN or infinite."""
 
 
 @dataclass
@@ -58,7 +59,7 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
     Raises DivergenceError as soon as a weight or the cost is NaN or infinite.
     """
     if config.schedule not in SCHEDULES:
-        raise PipelineError(f"schedule={config.schedule!r} is unknown: choose one of {SCHEDULES}")
+        raise EngineError(f"schedule={config.schedule!r} is unknown: choose one of {SCHEDULES}")
     x = np.asarray(x, dtype=net.dtype)
     n, m = len(y), config.batch_size
     onehot = np.eye(net.sizes[-1], dtype=net.dtype)[y]
@@ -72,7 +73,8 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
     history = []
     # Small matrices gain nothing from BLAS threads and lose a lot to oversubscription.
     # Overflow is not warned about: a non-finite weight is caught below and reported.
-    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+    one_thread = threadpool_limits(limits=1, user_api="blas") if threadpool_limits else nullcontext()
+    with one_thread, np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(config.epochs):
             eta = config.eta(epoch)
             start = time.perf_counter()

@@ -11,12 +11,10 @@ Notation follows Nielsen's *Neural Networks and Deep Learning*, for a mini-batch
 
 Rows are examples, so Wˡ has shape (n_in, n_out) — the transpose of Nielsen's layout.
 
-Costs, per example, averaged over the mini-batch:
-    quadratic      C = ½ Σⱼ (aⱼ − yⱼ)²      with sigmoid output units (the book's ½, so that
-                                            η = 3.0 means what it means there)
-    cross_entropy  C = −Σⱼ yⱼ ln aⱼ         with softmax output units
-plus, when l2 > 0, the weight penalty (l2 / 2n) Σ w² over all weights (not biases), with
-n the training-set size (Nielsen's convention).
+The cost C, per example and averaged over the mini-batch, is one of costs.COSTS (each with
+its output units); σ is one of activations.ACTIVATIONS. When l2 > 0 the cost gains the
+weight penalty (l2 / 2n) Σ w² over all weights (not biases), with n the training-set size
+(Nielsen's convention).
 
 All weights and biases live in one flat array `params`; `weights[l]` and `biases[l]` are
 views into it, each bias row stored right after its weight matrix. A gradient has the
@@ -27,15 +25,21 @@ an activation with a column of ones appended in a single matmul.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
-from scipy.special import expit
 
-from pipeline.errors import PipelineError
+from .activations import ACTIVATIONS
+from .costs import COSTS
+from .errors import EngineError
 
-ACTIVATIONS = ("sigmoid", "relu", "tanh")
-COSTS = ("quadratic", "cross_entropy")
-INITS = ("normal", "scaled", "he", "glorot")
+# Initial weights w ~ N(0, std²) with std from (n_in, n_out); biases ~ N(0, 1) or 0.
+INITS = {
+    "normal": (lambda n_in, n_out: 1.0, "normal"),  # the classic
+    "scaled": (lambda n_in, n_out: np.sqrt(1 / n_in), "normal"),  # Nielsen ch. 3
+    "he": (lambda n_in, n_out: np.sqrt(2 / n_in), "zero"),
+    "glorot": (lambda n_in, n_out: np.sqrt(2 / (n_in + n_out)), "zero"),
+}
 
 
 class Network:
@@ -45,12 +49,13 @@ class Network:
                  dtype="float32", rng: np.random.Generator | None = None):
         self.sizes = [int(s) for s in sizes]
         if len(self.sizes) < 2 or min(self.sizes) < 1:
-            raise PipelineError(f"layer sizes {sizes} need an input and an output layer, all ≥1")
-        for value, allowed, what in ((activation, ACTIVATIONS, "activation"),
-                                     (cost, COSTS, "cost"), (init, INITS, "init")):
-            if value not in allowed:
-                raise PipelineError(f"{what}={value!r} is unknown: choose one of {allowed}")
+            raise EngineError(f"layer sizes {sizes} need an input and an output layer, all ≥1")
+        for value, table, what in ((activation, ACTIVATIONS, "activation"),
+                                   (cost, COSTS, "cost"), (init, INITS, "init")):
+            if value not in table:
+                raise EngineError(f"{what}={value!r} is unknown: choose one of {tuple(table)}")
         self.activation, self.cost, self.init = activation, cost, init
+        self.sigma, self.C = ACTIVATIONS[activation], COSTS[cost]
         self.dtype = np.dtype(dtype)
         # Block l holds [Wˡ; bˡ]: (n_in + 1) rows of n_out.
         self._blocks = [((n_in + 1) * n_out, n_in, n_out)
@@ -60,6 +65,20 @@ class Network:
         self.weights = [blk[:-1] for blk in self.blocks]
         self.biases = [blk[-1] for blk in self.blocks]
         self._initialize(rng or np.random.default_rng(0))
+
+    @classmethod
+    def from_spec(cls, spec: Mapping, n_inputs: int, n_outputs: int = 10,
+                  dtype: str = "float32", rng: np.random.Generator | None = None) -> "Network":
+        """The one factory from plain config data: spec holds hidden_sizes, activation, cost
+        and init (other keys, such as a preset's name, are ignored)."""
+        return cls([n_inputs, *spec["hidden_sizes"], n_outputs], spec["activation"],
+                   spec["cost"], spec["init"], dtype, rng=rng)
+
+    @property
+    def spec(self) -> dict:
+        """What from_spec needs to build this network again (plain data)."""
+        return {"hidden_sizes": self.sizes[1:-1], "activation": self.activation,
+                "cost": self.cost, "init": self.init}
 
     # ---- parameters -------------------------------------------------------------------
     @property
@@ -82,14 +101,11 @@ class Network:
         return mask
 
     def _initialize(self, rng: np.random.Generator) -> None:
-        """normal: w, b ~ N(0, 1) (the classic); scaled: w ~ N(0, 1/n_in), b ~ N(0, 1);
-        he: w ~ N(0, 2/n_in), b = 0; glorot: w ~ N(0, 2/(n_in + n_out)), b = 0."""
+        """Weights from INITS[init]; biases N(0, 1) for normal and scaled, else 0."""
+        std_of, bias = INITS[self.init]
         for w, b in zip(self.weights, self.biases):
-            n_in, n_out = w.shape
-            std = {"normal": 1.0, "scaled": np.sqrt(1 / n_in), "he": np.sqrt(2 / n_in),
-                   "glorot": np.sqrt(2 / (n_in + n_out))}[self.init]
-            w[...] = rng.standard_normal(w.shape) * std
-            b[...] = rng.standard_normal(b.shape) if self.init in ("normal", "scaled") else 0
+            w[...] = rng.standard_normal(w.shape) * std_of(*w.shape)
+            b[...] = rng.standard_normal(b.shape) if bias == "normal" else 0
 
     # ---- forward ----------------------------------------------------------------------
     def feedforward(self, x: np.ndarray) -> np.ndarray:
@@ -98,24 +114,31 @@ class Network:
         last = len(self.weights) - 1
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = a @ w + b
-            a = _output(self.cost, z) if l == last else _activate(self.activation, z)
+            a = self.C.output(z) if l == last else self.sigma.fn(z)
         return a
+
+    def outputs(self, x: np.ndarray, chunk: int = 10000) -> np.ndarray:
+        """feedforward over many rows, in chunks to bound memory."""
+        return np.concatenate([self.feedforward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The classification: the index of the brightest output neuron."""
         return np.argmax(self.feedforward(x), axis=1)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, l2: float = 0.0, n: int | None = None,
-                 chunk: int = 10000) -> tuple[float, float]:
-        """(mean cost C, accuracy) over labelled rows, in chunks to bound memory."""
-        total_cost, correct = 0.0, 0
-        for i in range(0, len(y), chunk):
-            a = self.feedforward(x[i:i + chunk])
-            yb = y[i:i + chunk]
-            total_cost += float(example_costs(self.cost, a, yb).sum())
-            correct += int((a.argmax(axis=1) == yb).sum())
-        cost = total_cost / len(y) + self.l2_penalty(l2, n or len(y))
-        return cost, correct / len(y)
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (float64 rows summing to 1), the cost's reading of aᴸ."""
+        return self.C.probabilities(self.outputs(x))
+
+    def total_cost(self, a: np.ndarray, y: np.ndarray, l2: float = 0.0,
+                   n: int | None = None) -> float:
+        """C = mean of C_x over the rows, plus the L2 penalty (λ/2n) Σ w² when l2 > 0."""
+        return float(self.C.fn(a, y).sum()) / len(y) + self.l2_penalty(l2, n or len(y))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, l2: float = 0.0,
+                 n: int | None = None) -> tuple[float, float]:
+        """(cost C, accuracy) over labelled rows."""
+        a = self.outputs(x)
+        return self.total_cost(a, y, l2, n), float(np.mean(a.argmax(axis=1) == y))
 
     def l2_penalty(self, l2: float, n: int) -> float:
         if not l2:
@@ -175,75 +198,22 @@ class Workspace:
         x1 holds the inputs with a trailing column of ones. With scale = η/m the gradient
         buffer is the SGD step itself: params −= grad.
         """
-        net, blocks, act = self.net, self.net.blocks, self.net.activation
+        net, blocks, sigma = self.net, self.net.blocks, self.net.sigma
         inputs = [x1, *self.hidden]  # [aˡ⁻¹, 1] for each layer l
         for l, z in enumerate(self.z):  # forward through the hidden layers
             np.dot(inputs[l], blocks[l], out=z)
-            _activate(act, z, out=inputs[l + 1][:, :-1])
-        a_out = _output(net.cost, np.dot(inputs[-1], blocks[-1], out=self.out), out=self.out)
-
-        d = self.deltas[-1]  # δᴸ, multiplied by `scale`
-        np.subtract(a_out, onehot, out=d)
-        if net.cost == "quadratic":  # ∂C/∂zᴸ = (a − y) ⊙ σ'(zᴸ), σ' = a(1 − a)
-            t = np.multiply(a_out, -scale, out=self.scratch)
-            t += scale
-            t *= a_out
-            d *= t
-        else:  # softmax + cross-entropy: ∂C/∂zᴸ = a − y
-            d *= scale
+            sigma.fn(z, out=inputs[l + 1][:, :-1])
+        a_out = net.C.output(np.dot(inputs[-1], blocks[-1], out=self.out), out=self.out)
+        net.C.delta(a_out, onehot, scale, out=self.deltas[-1], scratch=self.scratch)  # δᴸ
 
         for l in range(len(blocks) - 1, -1, -1):  # backward
             np.dot(inputs[l].T, self.deltas[l], out=self.grad_blocks[l])
-            if l:  # δˡ⁻¹ = δˡ Wˡᵀ ⊙ σ'(zˡ⁻¹)
+            if l:  # δˡ⁻¹ = δˡ Wˡᵀ ⊙ σ'(zˡ⁻¹); z's buffer is free by now, used as scratch
                 prev = self.deltas[l - 1]
                 np.dot(self.deltas[l], blocks[l][:-1].T, out=prev)
-                _multiply_by_derivative(act, inputs[l][:, :-1], prev, self.z[l - 1])
+                sigma.multiply_derivative(inputs[l][:, :-1], prev, self.z[l - 1])
 
 
 def with_ones_column(x: np.ndarray) -> np.ndarray:
     """[x, 1]: the rows of x with a 1 appended, the input a Workspace expects."""
     return np.hstack([x, np.ones((len(x), 1), dtype=x.dtype)])
-
-
-# ---- activation functions and their derivatives ---------------------------------------
-
-def _activate(name: str, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """σ(z) for a hidden layer."""
-    if name == "sigmoid":
-        return expit(z, out=out) if out is not None else expit(z)
-    if name == "tanh":
-        return np.tanh(z, out=out) if out is not None else np.tanh(z)
-    return np.maximum(z, 0, out=out) if out is not None else np.maximum(z, 0)
-
-
-def _multiply_by_derivative(name: str, a: np.ndarray, d: np.ndarray, t: np.ndarray) -> None:
-    """d ⊙= σ'(z), computed from the activation a = σ(z); t is scratch space."""
-    if name == "sigmoid":  # σ' = a(1 − a)
-        np.subtract(1, a, out=t)
-        t *= a
-        d *= t
-    elif name == "tanh":  # σ' = 1 − a²
-        np.multiply(a, a, out=t)
-        np.subtract(1, t, out=t)
-        d *= t
-    else:  # relu: σ' = 1 where a > 0, else 0
-        np.copyto(d, 0, where=a <= 0)
-
-
-def _output(cost: str, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Output activations: sigmoid units for the quadratic cost, softmax for cross-entropy."""
-    if cost == "quadratic":
-        return expit(z, out=out) if out is not None else expit(z)
-    out = np.subtract(z, z.max(axis=1, keepdims=True), out=out)
-    np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
-    return out
-
-
-def example_costs(cost: str, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """C_x for each row: output activations a against integer labels y."""
-    if cost == "quadratic":
-        onehot = np.eye(a.shape[1], dtype=a.dtype)[y]
-        return 0.5 * np.sum((a - onehot) ** 2, axis=1, dtype=np.float64)
-    p = a[np.arange(len(y)), y].astype(np.float64)
-    return -np.log(np.maximum(p, np.finfo(a.dtype).tiny))
