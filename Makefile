@@ -3,19 +3,30 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+UV     := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 ARGS   ?=
 PORT   ?= 5000
 SWEEP  ?= grid
 
-.PHONY: install run data train compare analyze ui server sweep test test-fast bench clean
+.PHONY: install lock run data train compare analyze reproduce ui server sweep test test-fast bench clean
 
+## the locked environment: exactly the versions in uv.lock (uv itself is locked there too)
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+	$(UV) sync --frozen --extra test
 	touch $@
+
+## refresh uv.lock to the newest versions pyproject.toml allows, then install them
+lock:
+	test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(UV) lock --upgrade
+	$(UV) sync --frozen --extra test
+	touch $(STAMP)
 
 ## run the default pipeline (extra Hydra overrides: make run ARGS="data=digits")
 run: install

@@ -176,13 +176,3 @@ def test_app_reports_an_invalid_config_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "model.activation='softplus': must be one of" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-def test_classic_setup_on_real_mnist_reaches_93_percent(real_mnist_mirror, make_cfg, store):
-    cfg = make_cfg(f"data.mirrors=[{real_mnist_mirror}]", "baseline=none",
-                   "stages=[download,preprocess,train]")
-    run_stages(cfg)
-    _, runs = _runs(store)
-    accuracy = runs["numpy_mlp"].data.metrics["test_accuracy"]
-    assert accuracy >= 0.93, f"classic 784-16-16-10 test accuracy {accuracy:.4f}"
