@@ -48,6 +48,10 @@ compare: install
 analyze: install
 	$(PY) -m pipeline stages=[analyze] $(if $(RUN_ID),analyze.run_id=$(RUN_ID)) $(ARGS)
 
+## rerun a logged training run from its config; metric by metric: does it match?
+reproduce: install
+	$(PY) -m pipeline stages=[reproduce] reproduce.run_id=$(RUN_ID) $(ARGS)
+
 ## the MLflow UI over the project's store, on 127.0.0.1 (PORT=5001 make ui for another port)
 ui: install
 	$(PY) -m pipeline.ui --port $(PORT)

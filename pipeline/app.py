@@ -14,7 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import analyze, compare, config, download, evaluate, preprocess, sweep, tracking, train
+from pipeline import (analyze, compare, config, download, evaluate, preprocess, reproduce, sweep,
+                      tracking, train)
 from pipeline.errors import USER_ERRORS
 from pipeline.paths import PROJECT_ROOT
 
@@ -27,6 +28,7 @@ STAGES = {
     "evaluate": evaluate.run,
     "compare": compare.run,
     "analyze": analyze.run,
+    "reproduce": reproduce.run,
 }
 
 

@@ -65,6 +65,7 @@ class TrackingConfig:
     # again (sweeps set it, so that a rerun resumes where a killed sweep stopped).
     skip_finished: bool = False
     parent_run_id: Optional[str] = None  # set by a sweep job: its runs are the parent's children
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags on each training run
 
 
 @dataclass
@@ -88,6 +89,11 @@ class AnalyzeConfig:
 
 
 @dataclass
+class ReproduceConfig:
+    run_id: Optional[str] = None  # the training run to rerun (make reproduce RUN_ID=<id>)
+
+
+@dataclass
 class Config:
     stages: list[str] = MISSING
     seed: int = 0
@@ -99,6 +105,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=Config)

@@ -34,7 +34,9 @@ def environment_tags() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             tags[f"env.{package}"] = "(not installed)"
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    if blas:  # numpy's own BLAS comes first
+    # NumPy's own BLAS does the network's matmuls; SciPy may load another copy.
+    blas.sort(key=lambda i: "numpy" not in str(i.get("filepath", "")))
+    if blas:
         tags["env.blas"] = f"{blas[0].get('internal_api')} {blas[0].get('version')}"
         tags["env.blas_kernel"] = str(blas[0].get("architecture"))
     else:

@@ -94,6 +94,8 @@ def training_run(cfg, data, family: str):
     tags = {"model_family": family, "kind": "training", "git_commit": git_commit(),
             "config_hash": config_hash(cfg), "model_name": cfg.model.name,
             **environment_tags()}
+    if cfg.tracking.get("tags"):
+        tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
     with run(cfg, run_name=run_name, tags=tags) as active:
         mlflow.log_params(flat_params(cfg))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

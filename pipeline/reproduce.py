@@ -1,0 +1,126 @@
+"""Stage `reproduce` (`make reproduce RUN_ID=<id>`): rerun a logged training run from its
+logged config and say, metric by metric, whether the rerun matches it.
+
+A seed fixes a run bit for bit on the same lock file and BLAS kernel. So when a metric
+differs, the environments are compared too (the env.* tags: package versions, lock, BLAS
+library and kernel, CPU, Python): a different kernel explains last-bit differences that
+SGD grows into different accuracies; to reproduce such a run here, pin its kernel with
+OPENBLAS_CORETYPE=<its env.blas_kernel>. The rerun is a run of its own (tag
+kind=reproduction, reproduces=<id>) holding the comparison as reproduction.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from omegaconf import OmegaConf
+
+from pipeline import baseline, download, preprocess, tracking, train
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+TRAINERS = {"numpy_mlp": train.train_numpy, "sklearn_mlp": baseline.train_sklearn}
+TIMINGS = ("epoch_seconds", "train_seconds")  # wall-clock: never expected to match
+
+
+def run(cfg, results: dict) -> pd.DataFrame:
+    run_id = str(cfg.reproduce.run_id or "")
+    if not RUN_ID.match(run_id):
+        raise PipelineError(f"reproduce.run_id={run_id!r}: must be a run id (32 hex digits): "
+                            "make reproduce RUN_ID=<id>, ids as shown in the MLflow UI")
+    tracking.setup(cfg)
+    client = mlflow.MlflowClient()
+    try:
+        original = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"reproduce: no run {run_id} in {tracking.tracking_uri(cfg)}") from None
+    family = original.data.tags.get("model_family")
+    if family not in TRAINERS:
+        raise PipelineError(f"reproduce: run {run_id} is not a training run (tag model_family "
+                            f"is {family!r}); name a run of ours or of the baseline")
+    run_cfg = rerun_config(cfg, run_id)
+    download.run(run_cfg)
+    preprocess.run(run_cfg)
+    rerun_id = TRAINERS[family](run_cfg, preprocess.load(run_cfg))
+    rerun = client.get_run(rerun_id)
+
+    table = metric_table(client, original, rerun)
+    differing_env = {k: (original.data.tags.get(k, "(not recorded)"), v)
+                     for k, v in sorted(rerun.data.tags.items())
+                     if k.startswith("env.") and original.data.tags.get(k) != v}
+    text = report(run_id, rerun_id, table, differing_env)
+    print(text)
+    with tracking.run(cfg, run_id=rerun_id):
+        mlflow.log_text(text, "reproduction.md")
+    return table
+
+
+def rerun_config(cfg, run_id: str):
+    """The run's logged config, with this machine's data paths and no sweep bookkeeping."""
+    run_cfg = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+    run_cfg.paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    data_dir = cfg.paths.data_dir
+    run_cfg.data.processed_dir = f"{data_dir}/processed"
+    if run_cfg.data.get("raw_dir"):
+        run_cfg.data.raw_dir = f"{data_dir}/raw/{run_cfg.data.name}"
+    run_cfg.tracking.parent_run_id = None
+    run_cfg.tracking.skip_finished = False
+    run_cfg.tracking.experiment = cfg.tracking.experiment
+    run_cfg.tracking.tags = {"kind": "reproduction", "reproduces": run_id}
+    return run_cfg
+
+
+def metric_table(client, original, rerun) -> pd.DataFrame:
+    """One row per metric the original logged: its value, the rerun's, and the verdict."""
+    rows = []
+    for key in sorted(original.data.metrics):
+        ours = original.data.metrics[key]
+        theirs = rerun.data.metrics.get(key)
+        if theirs is None:
+            verdict = "not rerun (logged by a later stage)"
+        elif key in TIMINGS:
+            verdict = "timing: not compared"
+        else:
+            history = [m.value for m in client.get_metric_history(original.info.run_id, key)]
+            rerun_history = [m.value for m in client.get_metric_history(rerun.info.run_id, key)]
+            if history == rerun_history:
+                verdict = "identical" + (f" (all {len(history)} epochs)" if len(history) > 1 else "")
+            else:
+                epoch = next((i + 1 for i, (a, b) in enumerate(zip(history, rerun_history))
+                              if not _same(a, b)), min(len(history), len(rerun_history)) + 1)
+                verdict = (f"DIFFERS from epoch {epoch}, " if len(history) > 1 else "DIFFERS, ") + \
+                    f"final by {theirs - ours:+.3g}"
+        rows.append({"metric": key, "original": ours, "rerun": theirs, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def report(run_id: str, rerun_id: str, table: pd.DataFrame, differing_env: dict) -> str:
+    compared = table[~table.verdict.str.startswith(("timing", "not rerun"))]
+    differs = compared[compared.verdict.str.startswith("DIFFERS")]
+    lines = [f"# Reproduction of run {run_id}", "", f"Rerun: {rerun_id}", "",
+             table.to_markdown(index=False, floatfmt=".6g"), ""]
+    if differs.empty:
+        lines.append(f"Reproduced: all {len(compared)} compared metrics are identical.")
+    else:
+        lines.append(f"NOT reproduced: {len(differs)} of {len(compared)} compared metrics differ.")
+    if differing_env:
+        lines += ["", "What differs between the two environments:", "",
+                  pd.DataFrame([{"tag": k, "original": a, "rerun": b}
+                                for k, (a, b) in differing_env.items()]).to_markdown(index=False)]
+        kernel = differing_env.get("env.blas_kernel")
+        if kernel:
+            lines += ["", f"To rerun on the original's BLAS kernel: OPENBLAS_CORETYPE={kernel[0]} "
+                          f"make reproduce RUN_ID={run_id}"]
+    else:
+        lines += ["", "The environments match (versions, lock, BLAS kernel, CPU, Python)."]
+    return "\n".join(lines)
