@@ -139,3 +139,32 @@ def test_save_load_gives_identical_predictions(make_cfg, tmp_path):
 def test_bad_hyperparameters_are_named():
     with pytest.raises(Exception, match="activation='softplus' is unknown"):
         Network([4, 3], activation="softplus")
+
+
+def test_the_engine_stands_alone_on_numpy_and_scipy():
+    """Importing the engine loads nothing of the pipeline or of Hydra, MLflow, pandas,
+    scikit-learn: a logged model ships it and only it."""
+    import subprocess
+    import sys
+
+    from pipeline.paths import PROJECT_ROOT
+    code = ("import sys, pipeline.engine; print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    loaded = set(eval(out))
+    assert {"numpy", "scipy", "pipeline"} <= loaded
+    # (threadpoolctl, if installed, holds training to one BLAS thread; it is optional)
+    assert not loaded & {"hydra", "omegaconf", "mlflow", "pandas", "sklearn", "yaml"}
+    engine = PROJECT_ROOT / "pipeline" / "engine"
+    for source in engine.glob("*.py"):  # relative imports only: it ships as a folder
+        assert "from pipeline" not in source.read_text(), source.name
+
+
+def test_one_factory_builds_the_network_from_plain_config_data():
+    spec = {"name": "classic", "hidden_sizes": [16, 16], "activation": "sigmoid",
+            "cost": "quadratic", "init": "normal"}
+    net = Network.from_spec(spec, 784, rng=np.random.default_rng(0))
+    assert net.sizes == [784, 16, 16, 10] and net.n_params == 13002
+    same = Network([784, 16, 16, 10], "sigmoid", "quadratic", "normal", rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(net.params, same.params)
+    assert net.spec == {k: v for k, v in spec.items() if k != "name"}
