@@ -4,7 +4,8 @@ Mirrors are tried in order; each may be an https:// or file:// URL or a local di
 The environment variable PIPELINE_DATA_MIRROR, when set, is tried first (machines without
 internet point it at a local copy). Every file is checked against its published MD5 before
 it is trusted; it is written to a temp file and renamed into place only once verified, so
-an interrupted or corrupt download never leaves a file a later run would trust.
+an interrupted or corrupt download never leaves a file a later run would trust. A file
+already present is verified again on every run, and fetched again if it fails.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write, from_root
+from pipeline.paths import atomic_write, from_root, remove_orphaned_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def run(cfg, results: dict | None = None) -> dict[str, Path]:
         log.info("download: data=%s needs no download", cfg.data.name)
         return {}
     dest_dir = from_root(cfg.data.raw_dir)
+    for orphan in remove_orphaned_temp_files(dest_dir):
+        log.info("download: removed %s, left behind by a killed download", orphan)
     mirrors = mirror_list(cfg.data.mirrors)
     return {name: fetch(name, md5, mirrors, dest_dir) for name, md5 in MNIST_FILES.items()}
 
@@ -65,6 +68,7 @@ def mirror_list(configured) -> list[str]:
 
 
 def md5_of(path: Path) -> str:
+    """The MD5 of a file's bytes, as a hex string."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):

@@ -14,6 +14,8 @@ Files may be gzip-compressed (the canonical distribution is). Nothing is unpickl
 from __future__ import annotations
 
 import gzip
+import hashlib
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,10 @@ _NDIM_FOR_MAGIC = {IMAGES_MAGIC: 3, LABELS_MAGIC: 1}
 
 class IdxFormatError(PipelineError):
     """The bytes of a file are not a well-formed MNIST IDX file."""
+
+
+class IdxChecksumError(PipelineError):
+    """A file's bytes are not those of the file expected (its MD5 differs)."""
 
 
 def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -60,17 +66,28 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims).copy()
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed if its name ends in .gz)."""
+def read_idx(path: str | Path, md5: str | None = None) -> np.ndarray:
+    """Read an IDX file (gzip-compressed if its name ends in .gz).
+
+    With `md5`, the file's bytes are checked against it before they are parsed: the
+    checksum covers exactly the bytes the array comes from.
+    """
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raw = path.read_bytes()
+    except OSError as e:
         raise IdxFormatError(f"{path}: cannot read: {e}") from e
+    if md5 is not None and (actual := hashlib.md5(raw).hexdigest()) != md5:
+        raise IdxChecksumError(
+            f"{path} is corrupt or not the expected file: its MD5 is {actual}, expected "
+            f"{md5}. Delete it and rerun the download stage (`make data`), which fetches "
+            "it again."
+        )
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise IdxFormatError(f"{path}: cannot read: {e}") from e
     return parse_idx(raw, name=str(path))
 
 

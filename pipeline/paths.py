@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# Temp files are named .<dest>.<pid>@<host>.<random>.part: the writer is known, so a later
+# run can tell an orphan (its writer died) from a file still being written.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "localhost"
+_PART = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[^.]+\.part$")
+ORPHAN_AGE = 3600  # seconds: a temp file of unknown writer untouched this long is abandoned
 
 
 def from_root(path: str | os.PathLike) -> Path:
@@ -18,15 +26,21 @@ def from_root(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+def temp_prefix(dest: Path, pid: int | None = None) -> str:
+    """The name prefix of `atomic_write`'s temp files for `dest`, written by process `pid`."""
+    return f".{dest.name}.{os.getpid() if pid is None else pid}@{_HOST}."
+
+
 @contextmanager
 def atomic_write(dest: Path, mode: str = "wb"):
     """Open a temp file beside `dest`; rename it onto `dest` only if the block succeeds.
 
     A crash or error inside the block leaves no file at `dest` (and removes the temp file),
-    so a later run never trusts a half-written output.
+    so a later run never trusts a half-written output. A process killed outright leaves
+    its temp file behind, named after its pid: `remove_orphaned_temp_files` collects it.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest), suffix=".part")
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -35,3 +49,38 @@ def atomic_write(dest: Path, mode: str = "wb"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_orphaned_temp_files(folder: Path, max_age: float = ORPHAN_AGE) -> list[Path]:
+    """Delete the `.part` files in `folder` whose writer is gone; return what was deleted.
+
+    A writer is gone if its pid (from the name) is not alive on this host. A temp file of
+    another host, or without a pid in its name, goes only once untouched for `max_age`
+    seconds (a live writer keeps its file's mtime fresh).
+    """
+    removed = []
+    for path in folder.glob(".*.part") if folder.is_dir() else ():
+        match = _PART.match(path.name)
+        try:
+            if match and match["host"] == _HOST:
+                orphan = not _pid_alive(int(match["pid"]))
+            else:
+                orphan = time.time() - path.stat().st_mtime > max_age
+            if orphan:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid <= 0:
+        return True  # no safe liveness probe (on Windows, signal 0 is Ctrl-C): assume alive
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or no such pid at all)
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True

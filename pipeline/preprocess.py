@@ -4,10 +4,12 @@ Each image becomes a row of floats in [0, 1] (784 for MNIST's 28×28, 64 for the
 digits), each label an integer 0–9. A validation split is carved from the training set,
 stratified by label and seeded; MNIST's official 10k test set is left untouched.
 
-The result is cached in `data.processed_dir` under a key that hashes the inputs'
-checksums and every config value that changes the output: a rerun with the same inputs
-reuses the cache, any change recomputes it. A JSON manifest beside the arrays records each
-array's SHA-256, for lineage logging by later stages.
+The result is cached in `data.processed_dir` under a key that hashes the checksums of the
+inputs actually on disk and every config value that changes the output: a rerun with the
+same inputs reuses the cache, any change recomputes it. A JSON manifest beside the arrays
+records each array's SHA-256. Every load recomputes them: a cache that does not match its
+manifest (or cannot be read at all) is rebuilt from the raw files, never trusted, and the
+digests a run logs are those of the arrays it actually loaded.
 """
 
 from __future__ import annotations
@@ -15,21 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sklearn
 from sklearn.model_selection import train_test_split
 
 from pipeline import download
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
-from pipeline.paths import atomic_write, from_root
+from pipeline.paths import atomic_write, from_root, remove_orphaned_temp_files
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+ARRAYS = tuple(f"{a}_{s}" for s in SPLITS for a in "xy")
+_DTYPES = {"x": np.float32, "y": np.int64}
 _FORMAT_VERSION = 1  # bump when the preprocessing itself changes
 
 
@@ -56,11 +61,24 @@ class Dataset:
 
 
 def run(cfg, results: dict | None = None) -> Path:
-    """Write (or reuse) the processed arrays for `cfg.data`; return the .npz path."""
-    out = output_path(cfg)
+    """Write (or reuse, if it verifies) the arrays for `cfg.data`; return the .npz path."""
+    key = _cache_key(cfg.data)
+    out = _output_path(cfg.data, key)
+    for orphan in remove_orphaned_temp_files(out.parent):
+        log.info("preprocess: removed %s, left behind by a killed run", orphan)
     if out.exists() and _manifest_path(out).exists():
-        log.info("preprocess: reusing %s", out)
-        return out
+        try:
+            _read_verified(cfg.data.name, out, key)
+            log.info("preprocess: reusing %s (verified)", out)
+            return out
+        except _BadCache as e:
+            log.warning("preprocess: %s is unusable (%s); rebuilding it from the raw data", out, e)
+    _build(cfg, key, out)
+    return out
+
+
+def _build(cfg, key: str, out: Path) -> Dataset:
+    """Compute the arrays from the raw data, write them and their manifest to `out`."""
     x_train, y_train, x_test, y_test = _load_raw(cfg.data)
     x_train, x_val, y_train, y_val = _split(x_train, y_train, cfg.data)
     fraction = float(cfg.data.get("label_shuffle") or 0.0)
@@ -70,15 +88,15 @@ def run(cfg, results: dict | None = None) -> Path:
               "x_test": x_test, "y_test": y_test}
     with atomic_write(out) as f:
         np.savez(f, **arrays)
-    manifest = {"name": cfg.data.name, "key": _cache_key(cfg.data),
-                "shapes": {k: list(v.shape) for k, v in arrays.items()},
-                "sha256": {k: _sha256(v) for k, v in arrays.items()}}
+    digests = {k: _sha256(v) for k, v in arrays.items()}
+    manifest = {"name": cfg.data.name, "key": key, "inputs": _input_digests(cfg.data),
+                "shapes": {k: list(v.shape) for k, v in arrays.items()}, "sha256": digests}
     # The manifest is written last: an .npz without one is never trusted.
     with atomic_write(_manifest_path(out), "w") as f:
         json.dump(manifest, f, indent=2)
     log.info("preprocess: wrote %s (train %d, val %d, test %d)", out,
              len(y_train), len(y_val), len(y_test))
-    return out
+    return Dataset(cfg.data.name, arrays, digests, out)
 
 
 def shuffle_labels(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -94,23 +112,71 @@ def shuffle_labels(y: np.ndarray, fraction: float, rng: np.random.Generator) -> 
 
 
 def output_path(cfg) -> Path:
-    """Where `run` writes the arrays for this config (a function of the config alone)."""
-    key = _cache_key(cfg.data)
-    return from_root(cfg.data.processed_dir) / f"{cfg.data.name}-{key[:16]}.npz"
+    """Where `run` writes the arrays for this config and the raw inputs now on disk."""
+    return _output_path(cfg.data, _cache_key(cfg.data))
+
+
+def _output_path(data_cfg, key: str) -> Path:
+    return from_root(data_cfg.processed_dir) / f"{data_cfg.name}-{key[:16]}.npz"
 
 
 def load(cfg) -> Dataset:
-    """Load the arrays the preprocess stage wrote for this config."""
-    path = output_path(cfg)
+    """Load the arrays the preprocess stage wrote for this config, verified against the manifest.
+
+    A cache that fails verification is rebuilt from the raw data (with a warning); the
+    digests returned are recomputed from the arrays returned.
+    """
+    key = _cache_key(cfg.data)
+    path = _output_path(cfg.data, key)
     if not (path.exists() and _manifest_path(path).exists()):
         raise PipelineError(
             f"no preprocessed data for data={cfg.data.name} at {path}: run the preprocess "
             "stage first, e.g. `python -m pipeline stages=[download,preprocess]`"
         )
-    manifest = json.loads(_manifest_path(path).read_text())
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return Dataset(cfg.data.name, arrays, manifest["sha256"], path)
+    try:
+        return _read_verified(cfg.data.name, path, key)
+    except _BadCache as e:
+        log.warning("preprocess: %s is unusable (%s); rebuilding it from the raw data", path, e)
+    return _build(cfg, key, path)
+
+
+class _BadCache(Exception):
+    """A cached .npz or its manifest is unreadable or does not match."""
+
+
+# What reading a damaged .npz or manifest raises: corrupt zip or JSON, a missing array
+# (KeyError), a malformed .npy header (ValueError), a cut-off file (EOFError, OSError).
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+                zipfile.BadZipFile, zlib.error)
+
+
+def _read_verified(name: str, path: Path, key: str) -> Dataset:
+    """The arrays at `path` with their recomputed SHA-256s, if they match the manifest.
+
+    Raises _BadCache naming the first problem: unreadable files, a manifest for another
+    key, missing or extra arrays, wrong shapes or dtypes, or a digest that differs.
+    """
+    try:
+        manifest = json.loads(_manifest_path(path).read_text())
+        if manifest["key"] != key:
+            raise _BadCache(f"the manifest is for key {manifest['key'][:16]}, not {key[:16]}")
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        if sorted(arrays) != sorted(ARRAYS) or sorted(manifest["sha256"]) != sorted(ARRAYS):
+            raise _BadCache(f"arrays {sorted(arrays)}, manifest {sorted(manifest['sha256'])}, "
+                            f"expected {sorted(ARRAYS)}")
+        digests = {}
+        for k, a in arrays.items():
+            if list(a.shape) != list(manifest["shapes"][k]) or a.dtype != _DTYPES[k[0]]:
+                raise _BadCache(f"{k} is {a.dtype} {list(a.shape)}, the manifest says "
+                                f"{_DTYPES[k[0]].__name__} {manifest['shapes'][k]}")
+            digests[k] = _sha256(a)
+            if digests[k] != manifest["sha256"][k]:
+                raise _BadCache(f"{k} has SHA-256 {digests[k][:16]}…, the manifest "
+                                f"{str(manifest['sha256'][k])[:16]}…")
+    except _READ_ERRORS as e:
+        raise _BadCache(f"{type(e).__name__}: {e}") from e
+    return Dataset(name, arrays, digests, path)
 
 
 def _manifest_path(npz: Path) -> Path:
@@ -121,14 +187,28 @@ def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def _cache_key(data_cfg) -> str:
+def _input_digests(data_cfg) -> dict[str, str]:
+    """The checksums of the inputs as they are now: what the cache key is made of.
+
+    MNIST: each raw file's actual MD5 (a file not yet downloaded counts as the official
+    one, which is all the download stage will accept). Digits: the SHA-256 of the arrays
+    scikit-learn bundles.
+    """
     if data_cfg.name == "mnist":
-        inputs = download.MNIST_FILES
-    elif data_cfg.name == "digits":
-        inputs = {"sklearn.datasets.load_digits": sklearn.__version__}
-    else:
-        raise PipelineError(f"data.name={data_cfg.name!r} is unknown: use mnist or digits")
-    settings = {"format": _FORMAT_VERSION, "inputs": inputs, "name": data_cfg.name,
+        raw_dir = from_root(data_cfg.raw_dir)
+        return {n: download.md5_of(raw_dir / n) if (raw_dir / n).exists() else md5
+                for n, md5 in download.MNIST_FILES.items()}
+    if data_cfg.name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return {"sklearn.datasets.load_digits": _sha256(digits.data) + _sha256(digits.target)}
+    raise PipelineError(f"data.name={data_cfg.name!r} is unknown: use mnist or digits")
+
+
+def _cache_key(data_cfg) -> str:
+    settings = {"format": _FORMAT_VERSION, "inputs": _input_digests(data_cfg),
+                "name": data_cfg.name,
                 "validation_size": int(data_cfg.validation_size),
                 "test_size": int(data_cfg.get("test_size") or 0),
                 "split_seed": int(data_cfg.split_seed),
@@ -157,10 +237,16 @@ def _load_raw(data_cfg):
             f"MNIST files missing from {raw_dir}: {', '.join(missing)}. Run the download "
             "stage first (`make data`)."
         )
+
+    def read(name):
+        # The MD5 is checked on the very bytes parsed: a corrupt or substituted file (even
+        # a well-formed one) stops here rather than training silently on wrong data.
+        return read_idx(raw_dir / name, md5=download.MNIST_FILES[name])
+
     out = []
     for prefix in ("train", "t10k"):
-        images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
-        labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz")
+        images = read(f"{prefix}-images-idx3-ubyte.gz")
+        labels = read(f"{prefix}-labels-idx1-ubyte.gz")
         if len(images) != len(labels):
             raise PipelineError(
                 f"{raw_dir}: {prefix} has {len(images)} images but {len(labels)} labels; "

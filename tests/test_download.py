@@ -1,9 +1,13 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 
 from pipeline import download
 from pipeline.download import DownloadError, fetch
+from pipeline.paths import temp_prefix
 
 
 def _files(folder):
@@ -105,3 +109,18 @@ def test_env_mirror_is_tried_first_and_made_absolute(tiny_mnist, monkeypatch):
     monkeypatch.chdir(tiny_mnist.parent)
     monkeypatch.setenv(download.MIRROR_ENV, tiny_mnist.name)
     assert download.mirror_list(["https://a", "https://b"]) == [str(tiny_mnist), "https://a", "https://b"]
+
+
+def test_a_killed_downloads_temp_file_is_removed_a_live_ones_kept(tiny_mnist, make_cfg, tmp_path):
+    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]")
+    dest_dir = tmp_path / "data" / "raw" / "mnist"
+    dest_dir.mkdir(parents=True)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now of no live process
+    name = next(iter(download.MNIST_FILES))
+    dead = dest_dir / (temp_prefix(dest_dir / name, child.pid) + "abcd1234.part")
+    live = dest_dir / (temp_prefix(dest_dir / name, os.getpid()) + "efgh5678.part")
+    dead.write_bytes(b"half a file")
+    live.write_bytes(b"a file being written")
+    download.run(cfg)
+    assert not dead.exists() and live.exists()
