@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from pipeline import (analyze, compare, config, download, evaluate, preprocess, reproduce, sweep,
                       tracking, train)
-from pipeline.errors import USER_ERRORS
+from pipeline.errors import USER_ERRORS, RunFailed
 from pipeline.paths import PROJECT_ROOT
 
 log = logging.getLogger("pipeline")
@@ -33,12 +33,18 @@ STAGES = {
 
 
 def run_stages(cfg: DictConfig) -> dict:
-    """Validate the config, then run the configured stages in order; return their outputs."""
+    """Validate the config, then run the configured stages in order; return their outputs.
+
+    Runs that fail (results["failures"]) do not stop the later stages, which work on the
+    runs that finished; RunFailed names them at the end.
+    """
     config.validate(cfg, STAGES)
     results: dict = {}
     for stage in cfg.stages:
         log.info("stage %s", stage)
         results[stage] = STAGES[stage](cfg, results)
+    if results.get("failures"):
+        raise RunFailed(f"{len(results['failures'])} run(s) FAILED: " + "; ".join(results["failures"]))
     return results
 
 
@@ -48,9 +54,12 @@ def main(cfg: DictConfig) -> None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_stages(cfg)
-        except USER_ERRORS as e:
+        except USER_ERRORS as e:  # a user mistake: one message, no traceback
             log.error("%s", e)
             sys.exit(2)
+        except RunFailed as e:  # recorded in MLflow with the reasons; a script must notice
+            log.error("%s", e)
+            sys.exit(1)
         return
     # A sweep job: its runs are children of the sweep's parent run, and a failure is
     # recorded (the run ends FAILED) without stopping the other jobs.

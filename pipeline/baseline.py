@@ -29,6 +29,7 @@ from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
 from pipeline import metrics, tracking
+from pipeline.engine import DivergenceError
 
 log = logging.getLogger(__name__)
 SKLEARN_ACTIVATION = {"sigmoid": "logistic", "relu": "relu", "tanh": "tanh"}
@@ -69,24 +70,29 @@ def train_sklearn(cfg, data) -> str:
         train_seconds = 0.0
         for epoch in range(1, cfg.train.epochs + 1):
             start = time.perf_counter()
-            with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
-                warnings.simplefilter("ignore", ConvergenceWarning)  # one epoch per call
-                clf.partial_fit(x, y, classes=classes)
+            try:
+                with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+                    warnings.simplefilter("ignore", ConvergenceWarning)  # one epoch per call
+                    clf.partial_fit(x, y, classes=classes)
+            except ValueError as e:  # "Solver produced non-finite parameter weights"
+                raise DivergenceError(f"MLPClassifier diverged in epoch {epoch} at learning "
+                                      f"rate {cfg.train.learning_rate}: {e}") from e
             seconds = time.perf_counter() - start
             train_seconds += seconds
             if not np.isfinite(clf.loss_):
-                raise RuntimeError(f"MLPClassifier diverged in epoch {epoch} at learning "
-                                   f"rate {cfg.train.learning_rate}: its loss is {clf.loss_}")
-            mlflow.log_metrics({
+                raise DivergenceError(f"MLPClassifier diverged in epoch {epoch} at learning "
+                                      f"rate {cfg.train.learning_rate}: its loss is {clf.loss_}")
+            tracking.log_metrics({
                 "sklearn_loss": clf.loss_curve_[-1],
                 **metrics.classification_metrics("train", clf.predict_proba(x), y),
                 **metrics.classification_metrics("val", clf.predict_proba(data.x("val")),
                                                  data.y("val")),
                 "learning_rate": cfg.train.learning_rate, "epoch_seconds": seconds},
                 step=epoch)
+        metrics.check_not_collapsed(cfg, clf.predict_proba(data.x("val")), data.y("val"))
         final = metrics.classification_metrics("test", clf.predict_proba(data.x("test")),
                                                data.y("test"))
-        mlflow.log_metrics({**final, "train_seconds": train_seconds})
+        tracking.log_metrics({**final, "train_seconds": train_seconds})
         log.info("train: sklearn_mlp test accuracy %.4f", final["test_accuracy"])
         if cfg.tracking.log_model:
             sample = data.x("test")[:5]

@@ -8,6 +8,8 @@ checked by `validate`, which names every offending key and what it accepts.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -129,8 +131,20 @@ def in_range(low, high) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: low <= v < high), f"a number in [{low}, {high})"
 
 
+# Values that end up inside MLflow filter strings must be plain names or run ids.
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+RUN_ID = ((lambda v: bool(_RUN_ID.match(str(v)))), "a run id: 32 hex digits, as the MLflow UI shows")
+NAME = ((lambda v: bool(_NAME.match(str(v)))), "a name of letters, digits, '_', '.', '-'")
+
+
 CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stages": ((lambda v: len(v) > 0), "a non-empty list of stages, e.g. [train,evaluate]"),
+    "seed": at_least(0),
     "data.name": one_of("mnist", "digits"),
+    "data.split_seed": at_least(0),
+    "data.validation_size": at_least(1),
+    "data.test_size": at_least(1),
     "data.label_shuffle": ((lambda v: 0 <= v <= 1), "a fraction in [0, 1]"),
     "model.hidden_sizes": ((lambda v: len(v) > 0 and all(int(n) >= 1 for n in v)),
                            "a non-empty list of layer sizes ≥ 1, e.g. [16,16]"),
@@ -150,6 +164,10 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "analyze.seeds": at_least(2),
     "analyze.noise_images": at_least(1),
     "analyze.memorize_subset": at_least(10),
+    "analyze.model_name": NAME,
+    "analyze.run_id": RUN_ID,
+    "reproduce.run_id": RUN_ID,
+    "tracking.experiment": NAME,
 }
 
 
@@ -163,15 +181,40 @@ def validate(cfg, stages: dict) -> None:
         if not ok(value):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             problems.append(f"{key}={shown!r}: must be {accepts}")
+    problems += [f"{key}={value}: must be a finite number" for key, value in _leaves(cfg)
+                 if isinstance(value, float) and not math.isfinite(value)]
+    problems += [f"evaluate.run_ids: {run_id!r} must be {RUN_ID[1]}"
+                 for run_id in cfg.evaluate.run_ids if not RUN_ID[0](run_id)]
     unknown = [s for s in cfg.stages if s not in stages]
     if unknown:
         problems.append(f"stages: unknown stage(s) {unknown}; choose from {list(stages)}")
+    if "evaluate" in cfg.stages and "train" in cfg.stages and not cfg.tracking.log_model:
+        problems.append("tracking.log_model=false: the evaluate stage loads the logged models; "
+                        "set tracking.log_model=true or drop evaluate from stages")
     n_train = training_set_size(cfg.data) if cfg.get("data") else None
-    if n_train is not None and "train" in cfg.stages and cfg.train.batch_size > n_train:
+    if n_train is not None and n_train < 10:
+        total = n_train + int(cfg.data.validation_size) + int(cfg.data.test_size or 0)
+        problems.append(f"data.validation_size={cfg.data.validation_size}"
+                        + (f" with data.test_size={cfg.data.test_size}" if cfg.data.test_size else "")
+                        + f": must leave at least 10 of the {total} images for training")
+    elif n_train is not None and "train" in cfg.stages and cfg.train.batch_size > n_train:
         problems.append(f"train.batch_size={cfg.train.batch_size}: must be at most the "
                         f"training set size ({n_train} images)")
     if problems:
         raise PipelineError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _leaves(cfg, prefix: str = ""):
+    """(dotted key, value) for every leaf of the config."""
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    for key, value in container.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield f"{prefix}{key}[{i}]", item
+        else:
+            yield f"{prefix}{key}", value
 
 
 def training_set_size(data_cfg) -> int | None:

@@ -3,7 +3,8 @@
 Loads each run's logged model back from MLflow (the same pyfunc a user would load),
 predicts the 10k test digits and logs to that run: per-class precision, recall and F1
 (scikit-learn's classification report), a confusion-matrix plot and a grid of
-misclassified digits with their true and predicted labels.
+misclassified digits with their true and predicted labels. It logs through the client API,
+never reopening the finished run, so a crash here cannot turn it RUNNING or FAILED.
 """
 
 from __future__ import annotations
@@ -35,29 +36,29 @@ def run(cfg, results: dict) -> list[str]:
             continue  # a resumed sweep: this run was evaluated when it was trained
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
         predicted = np.asarray(model.predict(x)).astype(np.int64)
-        with tracking.run(cfg, run_id=run_id):
-            log_evaluation(y, predicted, x, cfg.evaluate.misclassified)
-            mlflow.set_tag("evaluated", "true")
+        log_evaluation(client, run_id, y, predicted, x, cfg.evaluate.misclassified)
+        client.set_tag(run_id, "evaluated", "true")  # last: a crash before it re-evaluates
     return run_ids
 
 
-def log_evaluation(y: np.ndarray, predicted: np.ndarray, x: np.ndarray, n_wrong: int) -> None:
+def log_evaluation(client, run_id: str, y: np.ndarray, predicted: np.ndarray, x: np.ndarray,
+                   n_wrong: int) -> None:
     report = classification_report(y, predicted, output_dict=True, zero_division=0)
-    mlflow.log_dict(report, "evaluation/classification_report.json")
-    mlflow.log_text(classification_report(y, predicted, digits=4, zero_division=0),
+    client.log_dict(run_id, report, "evaluation/classification_report.json")
+    client.log_text(run_id, classification_report(y, predicted, digits=4, zero_division=0),
                     "evaluation/classification_report.txt")
-    mlflow.log_metrics({"test_macro_f1": report["macro avg"]["f1-score"],
-                        "eval_accuracy": report["accuracy"]})
+    client.log_metric(run_id, "test_macro_f1", report["macro avg"]["f1-score"])
+    client.log_metric(run_id, "eval_accuracy", report["accuracy"])
 
     fig, ax = plt.subplots(figsize=(7, 6))
     ConfusionMatrixDisplay.from_predictions(y, predicted, ax=ax, colorbar=False)
     ax.set_title(f"Test set confusion matrix (accuracy {report['accuracy']:.4f})")
-    mlflow.log_figure(fig, "evaluation/confusion_matrix.png")
+    client.log_figure(run_id, fig, "evaluation/confusion_matrix.png")
     plt.close(fig)
 
     wrong = np.flatnonzero(predicted != y)[:n_wrong]
     if len(wrong):
         fig = plots.digit_grid(x[wrong], [f"true {y[i]} → {predicted[i]}" for i in wrong])
-        mlflow.log_figure(fig, "evaluation/misclassified.png")
+        client.log_figure(run_id, fig, "evaluation/misclassified.png")
         plt.close(fig)
     log.info("evaluate: accuracy %.4f, %d mistakes", report["accuracy"], int((predicted != y).sum()))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss
 
+from pipeline.errors import CollapseError
+
 
 def classification_metrics(split: str, probabilities: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """{split}_accuracy and {split}_log_loss of class probabilities against labels y."""
@@ -28,3 +30,23 @@ def classification_metrics(split: str, probabilities: np.ndarray, y: np.ndarray)
     p = p / p.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within ~1e-7
     return {f"{split}_accuracy": float(accuracy_score(y, p.argmax(axis=1))),
             f"{split}_log_loss": float(log_loss(y, p, labels=np.arange(p.shape[1])))}
+
+
+def collapsed(probabilities: np.ndarray, y: np.ndarray) -> bool:
+    """Has a model collapsed to chance? It then gives (nearly) one answer to every input —
+    dead ReLUs or saturated sigmoids after an absurd η — and scores near 1/10. Both must
+    hold, so a model that is merely early in training is not flagged."""
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    top_share = np.bincount(predicted).max() / len(predicted)
+    return bool(top_share >= 0.95 and np.mean(predicted == y) < 0.2)
+
+
+def check_not_collapsed(cfg, probabilities: np.ndarray, y: np.ndarray) -> None:
+    """Raise CollapseError if the trained model answers (nearly) one digit to everything.
+    (Not for runs on shuffled labels, whose validation accuracy is meant to be chance.)"""
+    if not cfg.data.get("label_shuffle") and collapsed(probabilities, y):
+        raise CollapseError(
+            f"training collapsed to chance: validation accuracy "
+            f"{np.mean(np.argmax(probabilities, axis=1) == y):.4f}, one digit predicted for "
+            f"≥95% of the images, after {cfg.train.epochs} epochs at η={cfg.train.learning_rate}. "
+            "Lower train.learning_rate (or change the init).")

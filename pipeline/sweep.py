@@ -7,7 +7,7 @@
 - when every job has ended, it summarises the children on the parent: a results table
   (CSV + Markdown), the best child by validation accuracy (tagged, its metrics copied to
   the parent), and plots of test accuracy against each swept setting. The multirun exits
-  non-zero only if every job failed.
+  non-zero if any job failed (or the parent could not be made), after its summary.
 """
 
 from __future__ import annotations
@@ -53,33 +53,49 @@ class SweepCallback(Callback):
             os.environ[var] = "1"
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        experiment_id = tracking.setup(config)
-        parent = mlflow.MlflowClient().create_run(
-            experiment_id, run_name=f"sweep-{sweep_dir.name}",
-            tags={"kind": "sweep", "sweep_dir": str(sweep_dir.resolve()),
-                  "git_commit": tracking.git_commit()})
+        try:
+            experiment_id = tracking.setup(config)
+            parent = mlflow.MlflowClient().create_run(
+                experiment_id, run_name=f"sweep-{sweep_dir.name}",
+                tags={"kind": "sweep", "sweep_dir": str(sweep_dir.resolve()),
+                      "git_commit": tracking.git_commit(), **tracking.process_tags()})
+        except Exception as e:  # noqa: BLE001 — Hydra would only warn and run every job
+            log.error("sweep: cannot create the parent run in %s: %s: %s. Nothing was run; "
+                      "check MLFLOW_TRACKING_URI (is the server up? is the store writable?)",
+                      tracking.tracking_uri(config), type(e).__name__, str(e)[:500])
+            sys.exit(1)
         (sweep_dir / PARENT_FILE).write_text(parent.info.run_id)
         log.info("sweep: parent run %s", parent.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = parent_run_id(sweep_dir)
-        if parent is None:
-            return
         results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"))]
-        tracking.setup(config)
-        table = summarize(parent, results)
-        failed = sum(r["status"] != "ok" for r in results)
-        status = "FINISHED" if failed < len(results) else "FAILED"
-        mlflow.MlflowClient().set_terminated(parent, status)
-        log.info("sweep: %d jobs, %d failed; summary on parent run %s", len(results), failed, parent)
+        failed = [r for r in results if r["status"] != "ok"]
+        if parent is None:  # Hydra turns an exception here into a warning: exit instead
+            log.error("sweep: no parent run (see the error above); %d jobs, %d failed",
+                      len(results), len(failed))
+            sys.exit(1)
+        try:
+            tracking.setup(config)
+            table = summarize(parent, results)
+            status = "FINISHED" if len(failed) < len(results) else "FAILED"
+            mlflow.MlflowClient().set_terminated(parent, status)
+        except Exception as e:  # noqa: BLE001
+            log.error("sweep: could not summarise on parent run %s: %s: %s", parent,
+                      type(e).__name__, str(e)[:500])
+            sys.exit(1)
+        log.info("sweep: %d jobs, %d failed; summary on parent run %s", len(results),
+                 len(failed), parent)
         if table is not None:
             shown = table.drop(columns=["run_id", "failure_reason"]).dropna(axis=1, how="all")
             print(shown.to_string(index=False))
-        if results and failed == len(results):
-            # Hydra turns an exception raised here into a warning; an exit code it passes on.
-            log.error("sweep: all %d jobs failed; see the FAILED child runs of parent run %s "
-                      "(tag failure_reason)", failed, parent)
+        if failed:  # a script must notice: exit non-zero, after the summary
+            word = "all" if len(failed) == len(results) else f"{len(failed)} of"
+            log.error("sweep: %s %d jobs failed; see the FAILED child runs of parent run %s "
+                      "(tag failure_reason):\n  %s", word, len(results), parent,
+                      "\n  ".join(f"{' '.join(r['overrides'])}: {r.get('error', '')[:300]}"
+                                  for r in failed))
             sys.exit(1)
 
 

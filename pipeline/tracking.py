@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import socket
 import subprocess
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 # A bar per artifact download drowns the pipeline's own log.
@@ -25,7 +28,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_LOG_UV_FILES", "false")
 import mlflow  # noqa: E402
 
-from pipeline.environment import environment_tags
+from pipeline.engine import DivergenceError
+from pipeline.environment import environment_tags, lock_digest
 from pipeline.paths import PROJECT_ROOT, from_root
 
 log = logging.getLogger(__name__)
@@ -47,11 +51,15 @@ def artifact_root(cfg) -> str:
     return (from_root(cfg.paths.mlruns_dir) / "artifacts").as_uri()
 
 
+_READY_STORES: set[str] = set()
+
+
 def setup(cfg) -> str:
-    """Point MLflow at the store, create the experiment if needed; return its id."""
+    """Point MLflow at the store, create the experiment if needed, close the runs whose
+    process is gone (reap_orphans); return the experiment's id."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        initialise_sqlite(uri)
     mlflow.set_tracking_uri(uri)
     name = cfg.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
@@ -60,29 +68,119 @@ def setup(cfg) -> str:
         # (http, postgresql, ...) chooses its own artifact store.
         location = f"{artifact_root(cfg)}/{name}" if uri.startswith("sqlite:") else None
         try:
-            return mlflow.create_experiment(name, artifact_location=location)
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:
                 raise
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
-    return experiment.experiment_id
+            experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    reap_orphans(experiment_id)
+    return experiment_id
+
+
+def initialise_sqlite(uri: str) -> None:
+    """Create or upgrade a SQLite store's schema once, under a file lock beside it.
+
+    MLflow creates the tables and runs its migrations when a process first opens a store;
+    two processes doing so at once on a fresh file crash ('table ... already exists'). The
+    lock makes the first one build the schema and the others find it built.
+    """
+    if uri in _READY_STORES:
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=600):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    _READY_STORES.add(uri)
+
+
+# ---- run lifecycle: a RUNNING run must have a live process behind it ---------------------
+
+def process_tags() -> dict[str, str]:
+    """Who runs this run: host, pid and the process's start time (pids get reused)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()),
+            "pid_started": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str:
+    try:  # field 22 of /proc/<pid>/stat: start time in clock ticks since boot (Linux)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_alive(pid: int, started: str = "") -> bool:
+    """Is the process that wrote these tags still running on this host?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return not started or _process_start(pid) in ("", started)
+
+
+def reap_orphans(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process has ended (kill -9, power
+    loss); return their ids. Runs of live processes and of other hosts are left alone."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    reaped = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        if process_alive(int(tags["pid"]), tags.get("pid_started", "")):
+            continue
+        client.set_tag(run.info.run_id, "failure_reason",
+                       f"interrupted: its process (pid {tags['pid']} on {host}) ended "
+                       "without closing the run")
+        client.set_terminated(run.info.run_id, "KILLED")
+        reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("closed %d run(s) left RUNNING by ended processes as KILLED: %s",
+                    len(reaped), ", ".join(reaped))
+    return reaped
 
 
 @contextmanager
 def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
         tags: dict | None = None):
-    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`."""
+    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`.
+
+    A new run is tagged with its process (host, pid), so that if the process dies without
+    closing it, the next process on the store marks it KILLED (reap_orphans).
+    """
     experiment_id = setup(cfg)
     parent = None if run_id else cfg.tracking.get("parent_run_id")
+    if run_id is None:
+        tags = {**(tags or {}), **process_tags()}
     with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id,
                           tags=tags, parent_run_id=parent) as active:
         try:
             yield active
         except BaseException as e:
             reason = f"{type(e).__name__}: {e}"
-            mlflow.set_tag("failure_reason", reason[:5000])
+            try:  # a full disk may refuse the tag too: the run must still end FAILED
+                mlflow.set_tag("failure_reason", reason[:5000])
+            except Exception as tag_error:  # noqa: BLE001
+                log.warning("could not record the failure reason: %s", tag_error)
             raise
+
+
+def log_metrics(values: dict[str, float], step: int | None = None) -> None:
+    """mlflow.log_metrics, refusing NaN and ±inf: a non-finite metric fails the run instead
+    of being stored as ±1.8e308."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        where = f" in epoch {step}" if step is not None else ""
+        raise DivergenceError(f"non-finite metric(s){where}: " +
+                              ", ".join(f"{k}={v}" for k, v in bad.items()))
+    mlflow.log_metrics(values, step=step)
 
 
 @contextmanager
@@ -92,8 +190,8 @@ def training_run(cfg, data, family: str):
     Named e.g. classic-16-16-numpy, readable in the MLflow UI's run lists."""
     run_name = "-".join([cfg.model.name, *map(str, cfg.model.hidden_sizes), family.split("_")[0]])
     tags = {"model_family": family, "kind": "training", "git_commit": git_commit(),
-            "config_hash": config_hash(cfg), "model_name": cfg.model.name,
-            **environment_tags()}
+            "config_hash": config_hash(cfg), "resume_key": resume_key(cfg),
+            "model_name": cfg.model.name, **environment_tags()}
     if cfg.tracking.get("tags"):
         tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
     with run(cfg, run_name=run_name, tags=tags) as active:
@@ -124,19 +222,13 @@ def log_datasets(data) -> None:
 
 
 def finished_run_id(cfg, family: str) -> str | None:
-    """A FINISHED training run of this config hash and model family, if there is one.
-
-    Runs of the same config left RUNNING (their process was killed) are marked KILLED on
-    the way, so that no run stays RUNNING forever.
-    """
+    """A FINISHED training run of this model family with the same resume key — the same
+    config, code and locked packages — if there is one (a resumed sweep reuses it)."""
     client = mlflow.MlflowClient()
     runs = client.search_runs(
-        [setup(cfg)], f"tags.config_hash = '{config_hash(cfg)}' and tags.model_family = '{family}'")
-    for stale in (r for r in runs if r.info.status == "RUNNING"):
-        client.set_tag(stale.info.run_id, "failure_reason", "interrupted: its process ended")
-        client.set_terminated(stale.info.run_id, "KILLED")
-    finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
-    return finished[0] if finished else None
+        [setup(cfg)], f"tags.resume_key = '{resume_key(cfg)}' and tags.model_family = '{family}' "
+                      "and attributes.status = 'FINISHED'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def flat_params(cfg) -> dict[str, str]:
@@ -161,6 +253,18 @@ def config_hash(cfg) -> str:
     picked = {key: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
               for key in _HASHED_KEYS if (v := OmegaConf.select(cfg, key)) is not None}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_key(cfg) -> str:
+    """config_hash plus what else decides a run's numbers: the pipeline's code (every .py
+    file of the package) and the locked package versions. A rerun after a code change or
+    a new lock trains again instead of reusing the old results."""
+    code = hashlib.sha256()
+    for source in sorted((PROJECT_ROOT / "pipeline").rglob("*.py")):
+        code.update(source.relative_to(PROJECT_ROOT).as_posix().encode())
+        code.update(source.read_bytes())
+    key = f"{config_hash(cfg)}|{code.hexdigest()}|{lock_digest()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def git_commit() -> str:

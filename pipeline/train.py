@@ -23,14 +23,17 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from pipeline import baseline, metrics, preprocess, pyfunc_model, tracking
-from pipeline.engine import Network, SGDConfig, train
+from pipeline.engine import DivergenceError, Network, SGDConfig, train
+from pipeline.errors import RunFailed
 from pipeline.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg, results: dict) -> list[str]:
-    """Train this project's network and, if configured, the baseline; return the run ids."""
+    """Train this project's network and, if configured, the baseline; return the ids of
+    the runs that finished. A run that diverges or collapses ends FAILED with its reason
+    and the other family still trains; the failures go to results["failures"]."""
     data = preprocess.load(cfg)
     trainers = {"numpy_mlp": train_numpy}
     if cfg.baseline.name == "sklearn_mlp":
@@ -41,7 +44,15 @@ def run(cfg, results: dict) -> list[str]:
         if done:
             log.info("train: %s already has a finished run for this config (%s): skipped",
                      family, done)
-        run_ids.append(done or trainer(cfg, data))
+            run_ids.append(done)
+            continue
+        try:
+            run_ids.append(trainer(cfg, data))
+        except DivergenceError as e:  # CollapseError too: the run is FAILED with the reason
+            log.error("train: %s run FAILED: %s", family, e)
+            results.setdefault("failures", []).append(f"{family}: {e}")
+    if not run_ids:
+        raise RunFailed("train: every run failed: " + "; ".join(results["failures"]))
     log.info("train: runs %s logged to %s — browse them with `make ui`",
              ", ".join(run_ids), tracking.tracking_uri(cfg))
     return run_ids
@@ -80,14 +91,15 @@ def train_numpy(cfg, data) -> str:
                                                      data.y("val")),
                     "learning_rate": record["learning_rate"],
                     "epoch_seconds": record["epoch_seconds"]}
-                mlflow.log_metrics(epoch_metrics, step=record["epoch"])
+                tracking.log_metrics(epoch_metrics, step=record["epoch"])
                 bar.update()
                 bar.set_postfix(val_accuracy=f"{epoch_metrics['val_accuracy']:.4f}")
 
             history = train(net, x, y, sgd_config(cfg), rng, on_epoch=on_epoch, evaluate=False)
+        metrics.check_not_collapsed(cfg, net.predict_proba(data.x("val")), data.y("val"))
         final = metrics.classification_metrics("test", net.predict_proba(data.x("test")),
                                                data.y("test"))
-        mlflow.log_metrics({**final, "train_seconds": sum(r["epoch_seconds"] for r in history)})
+        tracking.log_metrics({**final, "train_seconds": sum(r["epoch_seconds"] for r in history)})
         mlflow.set_tag("n_params", str(net.n_params))
         log.info("train: numpy_mlp %s test accuracy %.4f", net.sizes, final["test_accuracy"])
         if cfg.tracking.log_model:

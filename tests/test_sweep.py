@@ -128,13 +128,17 @@ def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_pat
     assert len(finished) == 8, state
     assert finished.groupby(["hash", "family"]).size().eq(1).all(), state
     assert "RUNNING" not in set(training.status), state  # the killed ones are marked KILLED
+    parents = _runs(db)
+    parents = parents[parents.kind == "sweep"]
+    assert len(parents) == 2 and "RUNNING" not in set(parents.status), parents.status.tolist()
 
 
-def test_a_diverging_job_fails_while_the_others_finish(tmp_path):
+def test_a_diverging_job_fails_while_the_others_finish_and_the_sweep_says_so(tmp_path):
     db = tmp_path / "store.db"
     result = _sweep(tmp_path, db, "model=modern", "model.hidden_sizes=[16]",
                     "train.learning_rate=0.1,1e20")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # any failed job: a script notices
+    assert "1 of 2 jobs failed" in result.stderr + result.stdout
     runs = _runs(db)
     training = runs[runs.kind == "training"]
     diverged = training[training.eta == "1e+20"]

@@ -12,9 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import compare, preprocess
 from pipeline.app import run_stages
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RunFailed
 from pipeline.paths import PROJECT_ROOT
-from pipeline.engine import DivergenceError
 
 
 @pytest.fixture
@@ -134,7 +133,7 @@ def test_compare_pairs_ours_with_the_baseline_and_logs_the_table(trained, monkey
 def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
     cfg = digits_cfg("model=modern", "train.learning_rate=1e20", "baseline=none",
                      "stages=[preprocess,train]")
-    with pytest.raises(DivergenceError):
+    with pytest.raises(RunFailed, match="every run failed: numpy_mlp: training diverged"):
         run_stages(cfg)
     _, runs = _runs(store)
     run = runs["numpy_mlp"]
@@ -150,6 +149,16 @@ def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
     ("model.hidden_sizes=[]", "model.hidden_sizes=[]: must be a non-empty list"),
     ("train.batch_size=5000", "train.batch_size=5000: must be at most the training set size (1197 images)"),
     ("train.epochs=0", "train.epochs=0: must be a number ≥ 1"),
+    ("seed=-1", "seed=-1: must be a number ≥ 0"),
+    ("stages=[]", "stages=[]: must be a non-empty list of stages"),
+    ("data.validation_size=1700", "data.validation_size=1700 with data.test_size=300: must leave "
+                                  "at least 10 of the 1797 images for training"),
+    ("train.learning_rate=inf", "train.learning_rate=inf: must be a finite number"),
+    ("train.momentum=nan", "train.momentum=nan: must be a finite number"),
+    ("tracking.log_model=false", "tracking.log_model=false: the evaluate stage loads the logged models"),
+    ("analyze.run_id=abc", "analyze.run_id='abc': must be a run id"),
+    ("analyze.model_name=\"x' or '1'='1\"", "analyze.model_name=\"x' or '1'='1\": must be a name"),
+    ("evaluate.run_ids=[nope]", "evaluate.run_ids: 'nope' must be a run id"),
 ])
 def test_invalid_configs_are_rejected_before_any_work(digits_cfg, override, message, tmp_path):
     cfg = digits_cfg(override)

@@ -1,0 +1,243 @@
+"""A run's status is the truth: killed runs are closed, live ones never; failures end FAILED
+with a reason while the rest goes on; many writers share a store; exit codes tell."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import environment, tracking
+from pipeline.app import run_stages
+from pipeline.engine import DivergenceError
+from pipeline.errors import RunFailed
+from pipeline.paths import PROJECT_ROOT
+
+
+def _pipeline(tmp_path, store, *overrides, popen=False, env=None):
+    command = [sys.executable, "-m", "pipeline", "data=digits", f"paths.data_dir={tmp_path / 'data'}",
+               *overrides]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, **(env or {})}
+    if popen:
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _running_count(db: Path) -> int:
+    """Read-only: RUNNING training runs in the store (0 while it is still being created)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
+            (count,) = connection.execute(
+                "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid WHERE "
+                "tags.key = 'kind' AND tags.value = 'training' AND runs.status = 'RUNNING'").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return count
+
+
+def _training_runs(store: str, experiment: str = "mnist"):
+    client = MlflowClient(store)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              "tags.kind = 'training'")
+
+
+def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(make_cfg, tmp_path,
+                                                                       monkeypatch):
+    db = tmp_path / "store.db"
+    store = f"sqlite:///{db}"
+    assert _pipeline(tmp_path, store, "stages=[preprocess]").returncode == 0
+    live = _pipeline(tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000",
+                     popen=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _running_count(db) == 0:
+            assert time.monotonic() < deadline and live.poll() is None, "the run never started"
+            time.sleep(0.1)
+        cfg = make_cfg("data=digits")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+        assert tracking.reap_orphans(tracking.setup(cfg)) == []  # alive: left alone
+        (run,) = _training_runs(store)
+        assert run.info.status == "RUNNING"
+        assert run.data.tags["host"] == socket.gethostname() and run.data.tags["pid"] == str(live.pid)
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+    # the next process to touch the store closes it
+    result = _pipeline(tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    killed = [r for r in _training_runs(store) if r.data.tags["pid"] == str(live.pid)]
+    assert [r.info.status for r in killed] == ["KILLED"]
+    assert f"pid {live.pid}" in killed[0].data.tags["failure_reason"]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_alive():
+    # same pid, another start time: another process
+    assert tracking.process_alive(os.getpid(), tracking._process_start(os.getpid()))
+    if tracking._process_start(os.getpid()):
+        assert not tracking.process_alive(os.getpid(), "1")
+
+
+def test_two_first_runs_at_once_on_a_fresh_store_both_finish(tmp_path):
+    assert _pipeline(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]").returncode == 0
+    for attempt in range(3):
+        store = f"sqlite:///{tmp_path / f'fresh{attempt}.db'}"
+        processes = [_pipeline(tmp_path, store, "stages=[train]", "baseline=none",
+                               "train.epochs=1", "tracking.log_model=false", f"seed={seed}",
+                               popen=True) for seed in range(3)]
+        for process in processes:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, f"attempt {attempt}: {err[-2000:]}"
+        runs = _training_runs(store)
+        assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_resume_reuses_a_run_only_for_the_same_code_and_lock(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=1",
+                   "tracking.log_model=false", "tracking.skip_finished=true")
+    first = run_stages(cfg)["train"]
+    assert run_stages(cfg)["train"] == first  # same config, code, lock: reused
+
+    code = tmp_path / "code"  # the same package with one changed line
+    (code / "pipeline").mkdir(parents=True)
+    for source in (PROJECT_ROOT / "pipeline").rglob("*.py"):
+        target = code / source.relative_to(PROJECT_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    changed = code / "pipeline" / "engine" / "sgd.py"
+    changed.write_text(changed.read_text() + "\n# a change\n")
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", code)
+    assert run_stages(cfg)["train"] != first  # trained again
+
+    lock = tmp_path / "uv.lock"
+    lock.write_text("another lock")
+    monkeypatch.setattr(environment, "LOCK_FILE", lock)
+    keys = {tracking.resume_key(cfg)}
+    lock.write_text("a third lock")
+    keys.add(tracking.resume_key(cfg))
+    assert len(keys) == 2
+
+
+def _full_filesystem(tmp_path) -> Path | None:
+    """A 1 MiB tmpfs, filled: a real full disk (needs root and mount); None if impossible."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        return None
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode:
+        return None
+    try:
+        with open(mount / "filler", "wb") as f:
+            f.write(b"\0" * (1 << 20))
+    except OSError:
+        pass
+    return mount
+
+
+def test_a_full_disk_mid_run_ends_the_run_failed_not_running(make_cfg, tmp_path, monkeypatch):
+    mount = _full_filesystem(tmp_path)
+    try:
+        if mount is None:  # simulated: the model's file cannot be written
+            import pipeline.engine.network as network
+            def no_space(*args, **kwargs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(network.np, "savez", no_space)
+            mlruns = tmp_path / "mlruns"
+        else:
+            mlruns = mount  # the artifacts go to the full tmpfs; the database is elsewhere
+        cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none",
+                       "train.epochs=2", f"paths.mlruns_dir={mlruns}")
+        with pytest.raises(OSError) as error:
+            run_stages(cfg)
+        assert error.value.errno == errno.ENOSPC
+        (run,) = _training_runs(os.environ["MLFLOW_TRACKING_URI"])
+        assert run.info.status == "FAILED"
+        assert "No space left" in run.data.tags["failure_reason"]
+    finally:
+        if mount is not None:
+            subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_crash_in_evaluate_cannot_turn_a_finished_run_failed(make_cfg, monkeypatch):
+    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=2")
+    (run_id,) = run_stages(cfg)["train"]
+    from pipeline import plots
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("plotting crashed")
+    monkeypatch.setattr(plots, "digit_grid", crash)
+    with pytest.raises(RuntimeError, match="plotting crashed"):
+        run_stages(make_cfg("data=digits", "stages=[evaluate]", f"evaluate.run_ids=[{run_id}]"))
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert "evaluated" not in run.data.tags  # so a resumed sweep evaluates it again
+
+
+def test_a_collapse_to_chance_ends_failed_and_the_baseline_still_trains(make_cfg):
+    cfg = make_cfg("data=digits", "model=modern", "train.learning_rate=1000", "train.epochs=3",
+                   "stages=[preprocess,train,evaluate]", "baseline=none")
+    with pytest.raises(RunFailed, match="collapsed to chance"):
+        run_stages(cfg)
+    (run,) = _training_runs(os.environ["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FAILED" and "collapsed to chance" in run.data.tags["failure_reason"]
+
+
+def test_a_baseline_divergence_fails_its_run_while_ours_is_still_evaluated(make_cfg, monkeypatch):
+    from sklearn.neural_network import MLPClassifier
+
+    def diverge(self, *args, **kwargs):
+        raise ValueError("Solver produced non-finite parameter weights.")
+    monkeypatch.setattr(MLPClassifier, "partial_fit", diverge)
+    cfg = make_cfg("data=digits", "train.epochs=3", "stages=[preprocess,train,evaluate]")
+    with pytest.raises(RunFailed, match="1 run.*sklearn_mlp: MLPClassifier diverged"):
+        run_stages(cfg)
+    runs = {r.data.tags["model_family"]: r for r in _training_runs(os.environ["MLFLOW_TRACKING_URI"])}
+    assert runs["sklearn_mlp"].info.status == "FAILED"
+    assert runs["numpy_mlp"].info.status == "FINISHED"
+    assert runs["numpy_mlp"].data.tags.get("evaluated") == "true"
+
+
+def test_a_non_finite_metric_fails_the_run_instead_of_being_stored(make_cfg):
+    cfg = make_cfg("data=digits")
+    with pytest.raises(DivergenceError, match="non-finite metric.*test_log_loss=inf"):
+        with tracking.run(cfg, run_name="probe") as active:
+            tracking.log_metrics({"test_accuracy": 0.5, "test_log_loss": float("inf")})
+    run = MlflowClient().get_run(active.info.run_id)
+    assert run.info.status == "FAILED" and "test_log_loss" not in run.data.metrics
+
+
+def test_the_app_exits_1_naming_failed_runs(tmp_path):
+    result = _pipeline(tmp_path, f"sqlite:///{tmp_path / 's.db'}", "model=modern",
+                       "train.learning_rate=1e20", "train.epochs=2", "baseline=none",
+                       "stages=[preprocess,train]")
+    assert result.returncode == 1
+    assert "every run failed: numpy_mlp: training diverged" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("seed=-1", "seed=-1: must be a number ≥ 0"),
+    ("stages=[]", "stages=[]: must be a non-empty list"),
+    ("train.learning_rate=inf", "train.learning_rate=inf: must be a finite number"),
+    ("analyze.run_id=zzz", "analyze.run_id='zzz': must be a run id"),
+])
+def test_user_mistakes_exit_2_with_one_clear_line_before_any_work(tmp_path, override, message):
+    result = _pipeline(tmp_path, f"sqlite:///{tmp_path / 's.db'}", override)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert message in output and "Traceback" not in output
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "data").exists()
