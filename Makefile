@@ -52,11 +52,13 @@ analyze: install
 reproduce: install
 	$(PY) -m pipeline stages=[reproduce] reproduce.run_id=$(RUN_ID) $(ARGS)
 
-## the MLflow UI over the project's store, on 127.0.0.1 (PORT=5001 make ui for another port)
+## the MLflow UI over the project's store, on 127.0.0.1 (make ui PORT=5001 for another port)
 ui: install
-	$(PY) -m pipeline.ui --port $(PORT)
+	$(PY) -m pipeline.ui --port $(PORT) \
+	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
-## the same server, for sweep jobs elsewhere: MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
+## for jobs elsewhere, on purpose and with no auth: make server HOST=0.0.0.0 ALLOWED_HOSTS=<name>
 server: ui
 
 ## a tracked sweep (SWEEP=grid|tweaks16|best|smoke); data is prepared once, first

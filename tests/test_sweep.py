@@ -167,3 +167,49 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     training = runs[runs.kind == "training"]
     assert len(training) == 2 and set(training.status) == {"FINISHED"}
     assert set(training.parent) == {runs[runs.kind == "sweep"].run_id.item()}
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_sweep_against_an_unreachable_tracking_server_exits_nonzero(tmp_path):
+    port = _free_port()  # nothing listens there
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sweep=smoke", f"paths.data_dir={tmp_path / 'data'}",
+         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "cannot create the parent run" in output and "Nothing was run" in output
+    assert not list((tmp_path / "multirun").glob("*/result.json"))  # no job ran
+
+
+def test_a_sweep_on_a_read_only_store_exits_nonzero(tmp_path):
+    """A store on a file system mounted read-only (root can write through chmod)."""
+    db = tmp_path / "ro" / "store.db"
+    db.parent.mkdir()
+    assert _sweep(tmp_path, db, "baseline=none", "model.hidden_sizes=[8]").returncode == 0
+    if os.geteuid() == 0:
+        made = subprocess.run(["mount", "--bind", "-o", "ro", str(db.parent), str(db.parent)],
+                              capture_output=True)
+        if made.returncode:
+            pytest.skip(f"cannot make a read-only mount here: {made.stderr.decode()[:200]}")
+    else:
+        os.chmod(db.parent, 0o555)
+        os.chmod(db, 0o444)
+    try:
+        result = _sweep(tmp_path, db, "baseline=none", "model.hidden_sizes=[12]")
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output[-3000:]
+        assert "cannot create the parent run" in output
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(db.parent)], check=False)
+        else:
+            os.chmod(db.parent, 0o755)
