@@ -8,9 +8,11 @@ UV_VERSION := 0.13.9
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 ARGS   ?=
 PORT   ?= 5000
+SERVE_PORT ?= 5001
+MODEL  ?= mnist-classifier
 SWEEP  ?= grid
 
-.PHONY: install lock run data train compare analyze reproduce ui server sweep test test-fast bench clean
+.PHONY: install lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench clean
 
 ## the locked environment: exactly the versions in uv.lock (uv itself is locked there too)
 install: $(STAMP)
@@ -51,6 +53,17 @@ analyze: install
 ## rerun a logged training run from its config; metric by metric: does it match?
 reproduce: install
 	$(PY) -m pipeline stages=[reproduce] reproduce.run_id=$(RUN_ID) $(ARGS)
+
+## register a run's model as the champion (a finished sweep registers its best itself)
+register: install
+	$(PY) -m pipeline stages=[register] register.run_id=$(RUN_ID) $(ARGS)
+
+## serve the champion on 127.0.0.1:$(SERVE_PORT) (MODEL=digits-classifier for another)
+serve: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
+	$(VENV)/bin/mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
+	  --host 127.0.0.1 --port $(SERVE_PORT)
 
 ## the MLflow UI over the project's store, on 127.0.0.1 (make ui PORT=5001 for another port)
 ui: install

@@ -15,6 +15,8 @@ reproduces each experiment on the same data and logs every figure and number to 
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
 import tempfile
 from pathlib import Path
@@ -47,9 +49,19 @@ def run(cfg, results: dict) -> str:
         f"runs:/{run_id}/model/artifacts/network.npz"))
     data = preprocess.load(run_cfg)
     a = cfg.analyze
-    tags = {"kind": "analysis", "analyzed_run_id": run_id, "git_commit": tracking.git_commit()}
-    with tracking.run(cfg, run_name=f"analysis-{source.info.run_name}", tags=tags) as active, \
+    recipe = source.data.tags.get("model_name", "")
+    link = f"#/experiments/{source.info.experiment_id}/runs/{run_id}"
+    tags = {"kind": "analysis", "analyzed_run_id": run_id, "git_commit": tracking.git_commit(),
+            "mlflow.note.content": (
+                f"What the network of run [{source.info.run_name}]({link}) learned: first-layer "
+                "weights, the noise test, random labels, learning rates, seeds and gradient "
+                "magnitudes. Open the report: artifacts → report/analysis.html.")}
+    with tracking.run(cfg, run_name=f"analysis of {source.info.run_name}", tags=tags) as active, \
             tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({"analyzed_run_id": run_id, "analyzed_run_name": source.info.run_name,
+                           "analyzed_recipe": recipe,
+                           "analyzed_test_accuracy": source.data.metrics.get("test_accuracy"),
+                           "analyzed_val_accuracy": source.data.metrics.get("val_accuracy")})
         report = Report(Path(tmp), run_id)
         rng = np.random.default_rng(cfg.seed)
         first_layer_weights(net, report)
@@ -64,10 +76,14 @@ def run(cfg, results: dict) -> str:
 
 
 def latest_run_id(experiment_id: str, model_name: str) -> str:
+    """The newest finished top-level training run of ours with recipe `model_name`: never
+    a sweep's child (whose recipe may be overridden) unless named by id."""
     runs = mlflow.search_runs(
         [experiment_id], "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
-        f"and tags.model_name = '{model_name}'", order_by=["attributes.start_time DESC"],
-        max_results=1)
+        f"and tags.kind = 'training' and tags.model_name = '{model_name}'",
+        order_by=["attributes.start_time DESC"])
+    if "tags.mlflow.parentRunId" in runs:
+        runs = runs[runs["tags.mlflow.parentRunId"].isna()]
     if runs.empty:
         raise PipelineError(f"analyze: no finished {model_name!r} run of ours to analyse: "
                             "run `make run` first, or name one with analyze.run_id=<id>")
@@ -75,7 +91,9 @@ def latest_run_id(experiment_id: str, model_name: str) -> str:
 
 
 class Report:
-    """Figures and numbers collected for analysis.md, logged together at the end."""
+    """Figures and numbers collected for analysis.md and analysis.html, logged together at
+    the end. The HTML page carries its figures inline, so MLflow's artifact viewer shows
+    the whole report; the PNGs are logged beside it too."""
 
     def __init__(self, folder: Path, run_id: str):
         self.folder, self.lines = folder, [f"# Analysis of run `{run_id}`", ""]
@@ -94,7 +112,39 @@ class Report:
 
     def log(self) -> None:
         (self.folder / "analysis.md").write_text("\n".join(self.lines))
+        (self.folder / "analysis.html").write_text(self.html())
         mlflow.log_artifacts(str(self.folder), "report")
+
+    def html(self) -> str:
+        """The report as one self-contained page (figures as data: URLs)."""
+        body, bullets = [], []
+        for line in self.lines + [""]:
+            if line.startswith("- "):
+                bullets.append(f"<li>{_inline(line[2:])}</li>")
+                continue
+            if bullets:
+                body.append("<ul>" + "".join(bullets) + "</ul>")
+                bullets = []
+            if line.startswith("# ") or line.startswith("## "):
+                level = 1 if line.startswith("# ") else 2
+                body.append(f"<h{level}>{_inline(line[level + 1:])}</h{level}>")
+            elif line.startswith("!["):
+                caption, name = line[2:].split("](")
+                data = base64.b64encode((self.folder / name[:-1]).read_bytes()).decode()
+                body.append(f'<figure><img alt="{html.escape(caption)}" style="max-width:100%" '
+                            f'src="data:image/png;base64,{data}"><figcaption>'
+                            f"{html.escape(caption)}</figcaption></figure>")
+            elif line:
+                body.append(f"<p>{_inline(line)}</p>")
+        return ("<!doctype html><html><head><meta charset='utf-8'><title>Analysis</title></head>"
+                "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>"
+                + "\n".join(body) + "</body></html>")
+
+
+def _inline(text: str) -> str:
+    """Markdown `code` spans to <code>, the rest escaped."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def first_layer_weights(net: Network, report: Report) -> np.ndarray:

@@ -14,8 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import (analyze, compare, config, download, evaluate, preprocess, reproduce, sweep,
-                      tracking, train)
+from pipeline import (analyze, compare, config, download, evaluate, preprocess, registry,
+                      reproduce, sweep, tracking, train)
 from pipeline.errors import USER_ERRORS, RunFailed
 from pipeline.paths import PROJECT_ROOT
 
@@ -29,6 +29,7 @@ STAGES = {
     "compare": compare.run,
     "analyze": analyze.run,
     "reproduce": reproduce.run,
+    "register": registry.run,
 }
 
 
@@ -65,6 +66,7 @@ def main(cfg: DictConfig) -> None:
     # recorded (the run ends FAILED) without stopping the other jobs.
     cfg.tracking.parent_run_id = sweep.parent_run_id(hydra_cfg.sweep.dir)
     cfg.tracking.skip_finished = True
+    cfg.tracking.label = sweep.run_label(hydra_cfg.overrides.task)
     result = {"config_hash": tracking.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
     try:
         result.update(status="ok", runs=run_stages(cfg).get("train", []))

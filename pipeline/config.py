@@ -52,6 +52,7 @@ class TrainConfig(SGDConfig):
     """The SGD settings (pipeline/engine/sgd.py) plus the float type the network computes in."""
 
     dtype: str = "float32"
+    keep: str = "final"  # final: the last epoch's weights (the book); best: the best val epoch's
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrackingConfig:
     skip_finished: bool = False
     parent_run_id: Optional[str] = None  # set by a sweep job: its runs are the parent's children
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on each training run
+    label: Optional[str] = None  # appended to run names (a sweep job: its other overrides)
 
 
 @dataclass
@@ -91,6 +93,13 @@ class AnalyzeConfig:
 
 
 @dataclass
+class RegisterConfig:
+    run_id: Optional[str] = None  # the run to register (make register RUN_ID=<id>)
+    model_name: str = "${data.name}-classifier"  # one registered model per dataset
+    alias: str = "champion"  # what make serve serves
+
+
+@dataclass
 class ReproduceConfig:
     run_id: Optional[str] = None  # the training run to rerun (make reproduce RUN_ID=<id>)
 
@@ -108,6 +117,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=Config)
@@ -160,6 +170,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.step_every": at_least(1),
     "train.gamma": greater_than(0),
     "train.dtype": one_of("float32", "float64"),
+    "train.keep": one_of("final", "best"),
     "baseline.name": one_of("none", "sklearn_mlp"),
     "analyze.seeds": at_least(2),
     "analyze.noise_images": at_least(1),
@@ -167,6 +178,9 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "analyze.model_name": NAME,
     "analyze.run_id": RUN_ID,
     "reproduce.run_id": RUN_ID,
+    "register.run_id": RUN_ID,
+    "register.model_name": NAME,
+    "register.alias": NAME,
     "tracking.experiment": NAME,
 }
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,9 +23,10 @@ import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import plots, tracking
+from pipeline import plots, registry, tracking
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "parent_run_id"
@@ -35,6 +37,23 @@ SETTINGS = {"hidden_sizes": "params.model.hidden_sizes", "activation": "params.m
             "epochs": "params.train.epochs", "momentum": "params.train.momentum",
             "l2": "params.train.l2", "schedule": "params.train.schedule", "seed": "params.seed"}
 PLOTTED = ("hidden_sizes", "learning_rate", "batch_size")
+
+
+# Settings every training run's name already shows (describe.run_name).
+_NAMED = {"model", "model.hidden_sizes", "model.activation", "train.learning_rate",
+          "train.batch_size", "seed"}
+
+
+def run_label(overrides) -> str | None:
+    """A sweep job's model and training overrides that its run name does not show yet,
+    e.g. 'cost=cross_entropy l2=5.0', so that the children of a sweep differ by name."""
+    shown = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith(("model.", "train.")) and key not in _NAMED:
+            shown.append(f"{key.split('.', 1)[1]}={value}")
+    return " ".join(shown) or None
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -54,18 +73,14 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
-            experiment_id = tracking.setup(config)
-            parent = mlflow.MlflowClient().create_run(
-                experiment_id, run_name=f"sweep-{sweep_dir.name}",
-                tags={"kind": "sweep", "sweep_dir": str(sweep_dir.resolve()),
-                      "git_commit": tracking.git_commit(), **tracking.process_tags()})
+            parent = open_parent(config, sweep_dir)
         except Exception as e:  # noqa: BLE001 — Hydra would only warn and run every job
             log.error("sweep: cannot create the parent run in %s: %s: %s. Nothing was run; "
                       "check MLFLOW_TRACKING_URI (is the server up? is the store writable?)",
                       tracking.tracking_uri(config), type(e).__name__, str(e)[:500])
             sys.exit(1)
-        (sweep_dir / PARENT_FILE).write_text(parent.info.run_id)
-        log.info("sweep: parent run %s", parent.info.run_id)
+        (sweep_dir / PARENT_FILE).write_text(parent)
+        log.info("sweep: parent run %s", parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -79,6 +94,7 @@ class SweepCallback(Callback):
         try:
             tracking.setup(config)
             table = summarize(parent, results)
+            register_best(config, parent, table)
             status = "FINISHED" if len(failed) < len(results) else "FAILED"
             mlflow.MlflowClient().set_terminated(parent, status)
         except Exception as e:  # noqa: BLE001
@@ -88,7 +104,7 @@ class SweepCallback(Callback):
         log.info("sweep: %d jobs, %d failed; summary on parent run %s", len(results),
                  len(failed), parent)
         if table is not None:
-            shown = table.drop(columns=["run_id", "failure_reason"]).dropna(axis=1, how="all")
+            shown = table.drop(columns=["run_id", "run_name", "failure_reason"]).dropna(axis=1, how="all")
             print(shown.to_string(index=False))
         if failed:  # a script must notice: exit non-zero, after the summary
             word = "all" if len(failed) == len(results) else f"{len(failed)} of"
@@ -97,6 +113,56 @@ class SweepCallback(Callback):
                       "\n  ".join(f"{' '.join(r['overrides'])}: {r.get('error', '')[:300]}"
                                   for r in failed))
             sys.exit(1)
+
+
+def preset_name(config) -> str:
+    """The sweep preset (conf/sweep/<name>.yaml) this multirun was started with."""
+    return str(OmegaConf.select(config, "hydra.runtime.choices.sweep") or "custom")
+
+
+def swept(config) -> dict[str, str]:
+    """What the sweep varies: the preset's grid and the command line's comma lists."""
+    grid = {str(k): str(v) for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
+    for override in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key, _, value = str(override).partition("=")
+        if "," in value and not key.startswith("hydra"):
+            grid[key] = value
+    return grid
+
+
+def open_parent(config, sweep_dir: Path) -> str:
+    """The sweep's parent run: the one of an earlier run of the same sweep (same preset,
+    grid, overrides and experiment), reopened, so that a resumed sweep keeps one parent
+    with all its children; else a new one, named after the preset."""
+    experiment_id = tracking.setup(config)
+    client = mlflow.MlflowClient()
+    preset, grid = preset_name(config), swept(config)
+    overrides = sorted(str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []
+                       if not str(o).startswith(("hydra", "paths.")))
+    key = hashlib.sha256(json.dumps([preset, grid, overrides]).encode()).hexdigest()[:16]
+    tags = {"kind": "sweep", "sweep_key": key, "sweep_preset": preset,
+            "sweep_dir": str(sweep_dir.resolve()), "git_commit": tracking.git_commit(),
+            **tracking.process_tags()}
+    earlier = client.search_runs([experiment_id], f"tags.kind = 'sweep' and tags.sweep_key = '{key}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if earlier:
+        parent = earlier[0].info.run_id
+        client.update_run(parent, status="RUNNING")
+        for name, value in tags.items():
+            client.set_tag(parent, name, value)
+        log.info("sweep: resuming parent run %s (%s)", parent, earlier[0].info.run_name)
+        return parent
+    grid_text = ", ".join(f"{k}={v}" for k, v in grid.items()) or "no grid"
+    tags["mlflow.note.content"] = (
+        f"Sweep `{preset}` (conf/sweep/{preset}.yaml): {grid_text}. Each child is one config "
+        "(ours and, if on, scikit-learn's MLPClassifier); the summary (summary/results.md, "
+        "plots) and the best child of each family are logged here when the sweep ends.")
+    run = client.create_run(experiment_id, run_name=f"sweep {preset}", tags=tags)
+    for name, value in grid.items():
+        client.log_param(run.info.run_id, f"sweep.{name}", value[:6000])
+    if overrides:
+        client.log_param(run.info.run_id, "sweep.overrides", " ".join(overrides)[:6000])
+    return run.info.run_id
 
 
 def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
@@ -115,14 +181,22 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     with mlflow.start_run(run_id=parent):
         mlflow.log_text(table.to_csv(index=False), "summary/results.csv")
         mlflow.log_text(table.to_markdown(index=False), "summary/results.md")
-        ours = table[(table.family == "numpy_mlp") & (table.status == "FINISHED")]
-        if not ours.empty:
-            best = ours.loc[ours.val_accuracy.idxmax()]
-            client.set_tag(best.run_id, "best_in_sweep", "true")
-            mlflow.set_tags({"best_child_run_id": best.run_id,
-                             **{f"best.{k}": str(best[k]) for k in SETTINGS}})
-            mlflow.log_metrics({m: float(best[m]) for m in
+        done = table[(table.status == "FINISHED") & table.val_accuracy.notna()]
+        for family, label in (("numpy_mlp", "ours"), ("sklearn_mlp", "sklearn")):
+            rows = done[done.family == family]
+            if rows.empty:
+                continue
+            best = rows.loc[rows.val_accuracy.idxmax()]  # selected on validation
+            mlflow.set_tags({f"best_{label}_run_id": best.run_id,
+                             f"best_{label}_run_name": str(best.run_name)})
+            mlflow.log_metrics({f"best_{label}_{m}": float(best[m]) for m in
                                 ("val_accuracy", "test_accuracy", "train_seconds")})
+            if family == "numpy_mlp":  # the parent's own columns: our best child
+                client.set_tag(best.run_id, "best_in_sweep", "true")
+                mlflow.set_tags({"best_child_run_id": best.run_id,
+                                 **{f"best.{k}": str(best[k]) for k in SETTINGS}})
+                mlflow.log_metrics({m: float(best[m]) for m in
+                                    ("val_accuracy", "test_accuracy", "train_seconds")})
         for setting in PLOTTED:
             if table[setting].nunique() > 1:
                 fig = accuracy_plot(table, setting)
@@ -131,9 +205,29 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     return table
 
 
+def register_best(config, parent: str, table: pd.DataFrame | None) -> str | None:
+    """Register the sweep's best finished child of either family (by validation accuracy)
+    as the champion of register.model_name; tag the parent with it."""
+    if table is None or not config.tracking.log_model:
+        return None
+    done = table[(table.status == "FINISHED") & table.val_accuracy.notna()]
+    if done.empty:
+        return None
+    best = done.loc[done.val_accuracy.idxmax()]
+    try:
+        version = registry.register(best.run_id, config.register.model_name, config.register.alias)
+    except PipelineError as e:  # e.g. a reused child without a model: the sweep still ends
+        log.warning("sweep: best run %s not registered: %s", best.run_id, e)
+        return None
+    mlflow.MlflowClient().set_tag(parent, "registered_model",
+                                  f"{config.register.model_name} v{version} @{config.register.alias}")
+    return version
+
+
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per child run: its settings, family, status and accuracies."""
-    columns = {"run_id": "run_id", "tags.model_family": "family", "status": "status",
+    columns = {"run_id": "run_id", "tags.mlflow.runName": "run_name",
+               "tags.model_family": "family", "status": "status",
                **{v: k for k, v in SETTINGS.items()},
                "metrics.val_accuracy": "val_accuracy", "metrics.test_accuracy": "test_accuracy",
                "metrics.train_seconds": "train_seconds", "tags.failure_reason": "failure_reason"}

@@ -28,6 +28,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_LOG_UV_FILES", "false")
 import mlflow  # noqa: E402
 
+from pipeline import describe
 from pipeline.engine import DivergenceError
 from pipeline.environment import environment_tags, lock_digest
 from pipeline.paths import PROJECT_ROOT, from_root
@@ -76,6 +77,11 @@ def setup(cfg) -> str:
             experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
+    if experiment is None or "mlflow.experimentKind" not in experiment.tags:
+        # Open in the UI's model-training view (not the GenAI one), with a description.
+        client = mlflow.MlflowClient()
+        client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", describe.EXPERIMENT_NOTE)
     mlflow.set_experiment(experiment_id=experiment_id)
     reap_orphans(experiment_id)
     return experiment_id
@@ -185,17 +191,16 @@ def log_metrics(values: dict[str, float], step: int | None = None) -> None:
 
 @contextmanager
 def training_run(cfg, data, family: str):
-    """A training run with what every training run logs: config, tags, dataset inputs.
-
-    Named e.g. classic-16-16-numpy, readable in the MLflow UI's run lists."""
-    run_name = "-".join([cfg.model.name, *map(str, cfg.model.hidden_sizes), family.split("_")[0]])
+    """A training run with what every training run logs: a readable name and description,
+    the params of its family (describe.py), tags, the full config.yaml, dataset inputs."""
     tags = {"model_family": family, "kind": "training", "git_commit": git_commit(),
             "config_hash": config_hash(cfg), "resume_key": resume_key(cfg),
-            "model_name": cfg.model.name, **environment_tags()}
+            "model_name": cfg.model.name, **environment_tags(),
+            "mlflow.note.content": describe.run_note(cfg, family, len(data.y("train")))}
     if cfg.tracking.get("tags"):
         tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
-    with run(cfg, run_name=run_name, tags=tags) as active:
-        mlflow.log_params(flat_params(cfg))
+    with run(cfg, run_name=describe.run_name(cfg, family), tags=tags) as active:
+        mlflow.log_params(describe.run_params(cfg, family))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         log_datasets(data)
         yield active
@@ -229,23 +234,6 @@ def finished_run_id(cfg, family: str) -> str | None:
         [setup(cfg)], f"tags.resume_key = '{resume_key(cfg)}' and tags.model_family = '{family}' "
                       "and attributes.status = 'FINISHED'", max_results=1)
     return runs[0].info.run_id if runs else None
-
-
-def flat_params(cfg) -> dict[str, str]:
-    """The resolved config as dotted keys (model.hidden_sizes → '[16, 16]')."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    flat: dict[str, str] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
-
-    walk(container, "")
-    return flat
 
 
 def config_hash(cfg) -> str:

@@ -68,6 +68,7 @@ def sgd_config(cfg, **overrides) -> SGDConfig:
     """The engine's SGD settings from train.* (everything but the dtype)."""
     settings = OmegaConf.to_container(cfg.train, resolve=True)
     settings.pop("dtype")
+    settings.pop("keep", None)
     return SGDConfig(**{**settings, **overrides})
 
 
@@ -75,11 +76,14 @@ def train_numpy(cfg, data) -> str:
     """Train ours; log per-epoch and final metrics; return the run id.
 
     One generator, seeded by `seed`, draws the initial weights and then every epoch's
-    shuffle, so the seed fixes the run.
+    shuffle, so the seed fixes the run. With train.keep=best the network ends with the
+    weights of its best validation epoch (selection on validation; test is measured once,
+    on the kept weights); with keep=final (the book's way) with the last epoch's.
     """
     rng = np.random.default_rng(cfg.seed)
     net = build_network(cfg, data.x("train").shape[1], rng)
     x, y = data.x("train"), data.y("train")
+    best = {"val_accuracy": -1.0, "epoch": 0, "params": None}
     with tracking.training_run(cfg, data, "numpy_mlp") as active:
         with tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=None) as bar:
             def on_epoch(record):
@@ -92,10 +96,19 @@ def train_numpy(cfg, data) -> str:
                     "learning_rate": record["learning_rate"],
                     "epoch_seconds": record["epoch_seconds"]}
                 tracking.log_metrics(epoch_metrics, step=record["epoch"])
+                if epoch_metrics["val_accuracy"] > best["val_accuracy"]:
+                    best.update(val_accuracy=epoch_metrics["val_accuracy"], epoch=record["epoch"],
+                                params=net.params.copy() if cfg.train.keep == "best" else None)
                 bar.update()
                 bar.set_postfix(val_accuracy=f"{epoch_metrics['val_accuracy']:.4f}")
 
             history = train(net, x, y, sgd_config(cfg), rng, on_epoch=on_epoch, evaluate=False)
+        if cfg.train.keep == "best":
+            net.params[...] = best["params"]
+        kept = best["epoch"] if cfg.train.keep == "best" else len(history)
+        mlflow.set_tag("kept_epoch", f"{cfg.train.keep} (epoch {kept} of {len(history)})")
+        tracking.log_metrics({"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
+                              "kept_epoch": kept})
         metrics.check_not_collapsed(cfg, net.predict_proba(data.x("val")), data.y("val"))
         final = metrics.classification_metrics("test", net.predict_proba(data.x("test")),
                                                data.y("test"))

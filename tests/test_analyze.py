@@ -39,7 +39,13 @@ def test_analysis_run_links_back_and_logs_the_report(analysed):
     run = mlflow.get_run(analysis)
     assert run.data.tags["analyzed_run_id"] == trained and run.data.tags["kind"] == "analysis"
     files = {a.path for a in MlflowClient().list_artifacts(analysis, "report")}
-    assert files == {f"report/{f}" for f in ["analysis.md", *FIGURES]}
+    assert files == {f"report/{f}" for f in ["analysis.md", "analysis.html", *FIGURES]}
+    page = mlflow.artifacts.load_text(f"runs:/{analysis}/report/analysis.html")
+    assert page.count("data:image/png;base64,") == len(FIGURES)  # renders in the UI
+    params = run.data.params
+    assert params["analyzed_run_id"] == trained and params["analyzed_recipe"] == "classic"
+    assert float(params["analyzed_test_accuracy"]) == mlflow.get_run(trained).data.metrics["test_accuracy"]
+    assert f"runs/{trained})" in run.data.tags["mlflow.note.content"]  # a link to it
     report = mlflow.artifacts.load_text(f"runs:/{analysis}/report/analysis.md")
     assert trained in report
     for figure in FIGURES:

@@ -96,10 +96,11 @@ def test_rerun_skips_finished_configs(tmp_path):
     assert len(training) == 4  # nothing trained again
     assert set(training.run_id) == set(first[first.kind == "training"].run_id)
     parents = runs[runs.kind == "sweep"]
-    assert len(parents) == 2 and set(parents.status) == {"FINISHED"}
-    # the new parent still summarises all four runs of the sweep
-    newest = parents[~parents.run_id.isin(first.run_id)].run_id.item()
-    table = pd.read_csv(MlflowClient(f"sqlite:///{db}").download_artifacts(newest, "summary/results.csv"))
+    # the rerun resumed the same parent: one parent, its four children, one summary
+    assert len(parents) == 1 and set(parents.status) == {"FINISHED"}
+    assert set(training.parent) == set(parents.run_id)
+    table = pd.read_csv(MlflowClient(f"sqlite:///{db}").download_artifacts(
+        parents.run_id.item(), "summary/results.csv"))
     assert len(table) == 4
 
 
@@ -130,7 +131,7 @@ def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_pat
     assert "RUNNING" not in set(training.status), state  # the killed ones are marked KILLED
     parents = _runs(db)
     parents = parents[parents.kind == "sweep"]
-    assert len(parents) == 2 and "RUNNING" not in set(parents.status), parents.status.tolist()
+    assert len(parents) == 1 and parents.status.item() == "FINISHED"  # reopened, then closed
 
 
 def test_a_diverging_job_fails_while_the_others_finish_and_the_sweep_says_so(tmp_path):

@@ -1,0 +1,71 @@
+"""Stage `register` (`make register RUN_ID=<id>`): hand a trained model on.
+
+Registers the run's logged model under one registered model name (register.model_name,
+e.g. mnist-classifier) and points the alias `champion` at the new version, with its lineage
+as version tags a reviewer sees in the UI: the run, its recipe and family, its config hash,
+the digest of the data it trained on, its validation and test accuracy. A finished sweep
+registers its best run this way; `make serve` serves whatever `champion` points at.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline import tracking
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg, results: dict) -> str:
+    run_id = cfg.register.run_id
+    if not run_id:
+        raise PipelineError("register.run_id is not set: make register RUN_ID=<id> (a training "
+                            "run's id, as the MLflow UI shows it)")
+    tracking.setup(cfg)
+    return register(run_id, cfg.register.model_name, cfg.register.alias)
+
+
+def register(run_id: str, model_name: str, alias: str = "champion") -> str:
+    """Register runs:/<run_id>/model as a new version of `model_name`, set `alias` to it;
+    return the version."""
+    client = mlflow.MlflowClient()
+    try:
+        source = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"register: no run {run_id} in {mlflow.get_tracking_uri()}") from None
+    tags = source.data.tags
+    if tags.get("kind") != "training" or source.info.status != "FINISHED":
+        raise PipelineError(f"register: run {run_id} is not a FINISHED training run "
+                            f"(kind={tags.get('kind')}, status {source.info.status})")
+    try:
+        mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    except (MlflowException, OSError):
+        raise PipelineError(f"register: run {run_id} logged no model "
+                            "(was it trained with tracking.log_model=false?)") from None
+    inputs = {d.dataset.name: d.dataset.digest for d in source.inputs.dataset_inputs}
+    metrics = source.data.metrics
+    lineage = {"run_id": run_id, "run_name": source.info.run_name,
+               "recipe": tags.get("model_name", ""), "model_family": tags.get("model_family", ""),
+               "config_hash": tags.get("config_hash", ""), "git_commit": tags.get("git_commit", ""),
+               "train_data_digest": next((v for k, v in inputs.items() if k.endswith("-train")), ""),
+               "val_accuracy": f"{metrics.get('val_accuracy', float('nan')):.4f}",
+               "test_accuracy": f"{metrics.get('test_accuracy', float('nan')):.4f}"}
+    try:
+        client.create_registered_model(
+            model_name, description="Digit classifiers trained by this project (784 pixels in "
+            "[0, 1] → the digit). The alias `champion` marks the one to serve: `make serve`.")
+    except MlflowException:
+        pass  # it exists already
+    # register_model resolves runs:/ to where MLflow 3 keeps the logged model
+    version = mlflow.register_model(f"runs:/{run_id}/model", model_name, tags=lineage)
+    client.update_model_version(
+        model_name, version.version,
+        description=f"{source.info.run_name}: validation accuracy {lineage['val_accuracy']}, "
+                    f"test accuracy {lineage['test_accuracy']}; config.yaml in run {run_id}.")
+    client.set_registered_model_alias(model_name, alias, version.version)
+    log.info("register: %s version %s (run %s) is now @%s", model_name, version.version, run_id, alias)
+    return version.version

@@ -1,0 +1,138 @@
+"""What a reviewer sees in MLflow: readable runs, family params, best-epoch weights, the
+champion registered with its lineage and served, the analysis of the right run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import analyze, preprocess, tracking
+from pipeline.app import run_stages
+from pipeline.errors import PipelineError
+from pipeline.paths import PROJECT_ROOT
+
+
+@pytest.fixture
+def trained(make_cfg):
+    cfg = make_cfg("data=digits", "train.epochs=4", "stages=[preprocess,train]")
+    ours, theirs = run_stages(cfg)["train"]
+    return cfg, MlflowClient().get_run(ours), MlflowClient().get_run(theirs)
+
+
+def test_the_experiment_opens_in_the_model_training_view_with_a_description(trained):
+    _, ours, _ = trained
+    experiment = MlflowClient().get_experiment(ours.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "MLPClassifier" in experiment.tags["mlflow.note.content"]
+
+
+def test_runs_are_named_and_described_for_a_person(trained):
+    _, ours, theirs = trained
+    assert ours.info.run_name == "classic 16-16 sigmoid η=3 m=10 · ours"
+    assert theirs.info.run_name == "classic 16-16 sigmoid η=3 m=10 · sklearn"
+    assert "NumPy network in-16-16-10" in ours.data.tags["mlflow.note.content"]
+    assert "final epoch's weights" in ours.data.tags["mlflow.note.content"]
+    assert "MLPClassifier" in theirs.data.tags["mlflow.note.content"]
+
+
+def test_params_describe_the_run_and_nothing_else(trained):
+    _, ours, theirs = trained
+    for run in (ours, theirs):
+        assert not [k for k in run.data.params if k.startswith(("analyze.", "paths.", "evaluate.",
+                                                               "tracking.", "reproduce.", "stages"))]
+        assert {"seed", "model.hidden_sizes", "train.learning_rate", "data.name",
+                "data.validation_size"} <= set(run.data.params)
+    assert {"model.cost", "model.init", "train.schedule"} <= set(ours.data.params)
+    assert not {"model.cost", "model.init", "train.schedule"} & set(theirs.data.params)
+    assert theirs.data.params["sklearn.hidden_layer_sizes"] == "(16, 16)"
+    assert len(ours.data.params) <= 20
+
+
+def test_keep_best_ends_with_the_best_validation_epochs_weights(make_cfg):
+    cfg = make_cfg("data=digits", "model=modern", "train.epochs=12", "train.learning_rate=0.3",
+                   "baseline=none", "stages=[preprocess,train]")
+    (run_id,) = run_stages(cfg)["train"]
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    history = [m.value for m in client.get_metric_history(run_id, "val_accuracy")]
+    best_epoch = int(np.argmax(history)) + 1
+    assert run.data.metrics["best_epoch"] == best_epoch == run.data.metrics["kept_epoch"]
+    assert run.data.metrics["best_val_accuracy"] == max(history)
+    assert run.data.tags["kept_epoch"] == f"best (epoch {best_epoch} of 12)"
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the kept weights
+    data = preprocess.load(cfg)
+    assert np.mean(model.predict(data.x("val")) == data.y("val")) == max(history)
+
+
+def test_register_points_the_champion_alias_at_the_run_with_its_lineage(trained, make_cfg):
+    cfg, ours, _ = trained
+    version = run_stages(make_cfg("data=digits", "stages=[register]",
+                                  f"register.run_id={ours.info.run_id}"))["register"]
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("digits-classifier", "champion")
+    assert champion.version == version and champion.run_id == ours.info.run_id
+    data = preprocess.load(cfg)
+    assert champion.tags["train_data_digest"] == data.digests["x_train"][:12] + data.digests["y_train"][:12]
+    assert champion.tags["config_hash"] == ours.data.tags["config_hash"]
+    assert champion.tags["test_accuracy"] == f"{ours.data.metrics['test_accuracy']:.4f}"
+    with pytest.raises(PipelineError, match="register.run_id=.*must be a run id"):
+        run_stages(make_cfg("data=digits", "stages=[register]", "register.run_id=nope"))
+
+
+def test_analysis_takes_the_newest_top_level_run_never_a_sweep_child(trained, make_cfg):
+    cfg, ours, _ = trained
+    experiment_id = tracking.setup(cfg)
+    with tracking.run(cfg, run_name="a sweep"):  # a newer child of a sweep, same recipe
+        parent = mlflow.active_run().info.run_id
+    child = MlflowClient().create_run(experiment_id, tags={
+        "mlflow.parentRunId": parent, "kind": "training", "model_family": "numpy_mlp",
+        "model_name": "classic"})
+    MlflowClient().set_terminated(child.info.run_id, "FINISHED")
+    assert analyze.latest_run_id(experiment_id, "classic") == ours.info.run_id
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_serve_serves_the_champion_and_classifies_a_digit(trained, make_cfg):
+    cfg, ours, _ = trained
+    run_stages(make_cfg("data=digits", "stages=[register]", f"register.run_id={ours.info.run_id}"))
+    port = _free_port()
+    server = subprocess.Popen(["make", "-s", "serve", "MODEL=digits-classifier", f"SERVE_PORT={port}"],
+                              cwd=PROJECT_ROOT, env=dict(os.environ), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    data = preprocess.load(cfg)
+    model = mlflow.pyfunc.load_model(f"runs:/{ours.info.run_id}/model")
+    index = int(np.flatnonzero(model.predict(data.x("test")) == data.y("test"))[0])
+    body = json.dumps({"inputs": data.x("test")[index:index + 1].tolist()}).encode()
+    try:
+        for _ in range(120):
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                                 {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answer = json.loads(response.read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                time.sleep(1)
+        else:
+            pytest.fail("make serve did not answer within 120 s")
+        assert answer == {"predictions": [int(data.y("test")[index])]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
