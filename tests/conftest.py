@@ -82,3 +82,4 @@ def real_mnist_mirror() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+

@@ -4,13 +4,9 @@ requirements.txt (no Hydra, no pipeline), loaded with mlflow.pyfunc and served w
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -20,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import preprocess
 from pipeline.app import run_stages
+from helpers import ask_served_model, free_port
 
 UV = Path(sys.executable).parent / "uv"
 
@@ -31,12 +28,6 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 x, y = np.load("x_test.npy"), np.load("y_test.npy")
 print(float(np.mean(np.asarray(model.predict(x)) == y)))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -69,7 +60,7 @@ def test_logged_model_loads_scores_and_serves_in_a_clean_virtualenv(make_cfg, tm
     assert score.returncode == 0, score.stderr[-3000:]
     assert float(score.stdout.strip().splitlines()[-1]) == logged
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(model), "--env-manager",
          "local", "--host", "127.0.0.1", "--port", str(port)],
@@ -78,18 +69,7 @@ def test_logged_model_loads_scores_and_serves_in_a_clean_virtualenv(make_cfg, tm
     try:
         digit = int(np.flatnonzero(np.asarray(
             mlflow.pyfunc.load_model(str(model)).predict(data.x("test"))) == data.y("test"))[0])
-        body = json.dumps({"inputs": data.x("test")[digit:digit + 1].tolist()}).encode()
-        answer = None
-        for _ in range(120):
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                                 {"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    answer = json.loads(response.read())
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-3000:]
-                time.sleep(1)
+        answer = ask_served_model(port, data.x("test")[digit:digit + 1], server)
         assert answer == {"predictions": [int(data.y("test")[digit])]}
     finally:
         server.terminate()

@@ -3,13 +3,9 @@ champion registered with its lineage and served, the analysis of the right run."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
 
 import mlflow
 import numpy as np
@@ -20,6 +16,7 @@ from pipeline import analyze, preprocess, tracking
 from pipeline.app import run_stages
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
+from helpers import ask_served_model, free_port
 
 
 @pytest.fixture
@@ -101,37 +98,19 @@ def test_analysis_takes_the_newest_top_level_run_never_a_sweep_child(trained, ma
     assert analyze.latest_run_id(experiment_id, "classic") == ours.info.run_id
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_make_serve_serves_the_champion_and_classifies_a_digit(trained, make_cfg):
     cfg, ours, _ = trained
     run_stages(make_cfg("data=digits", "stages=[register]", f"register.run_id={ours.info.run_id}"))
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["make", "-s", "serve", "MODEL=digits-classifier", f"SERVE_PORT={port}"],
                               cwd=PROJECT_ROOT, env=dict(os.environ), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     data = preprocess.load(cfg)
     model = mlflow.pyfunc.load_model(f"runs:/{ours.info.run_id}/model")
     index = int(np.flatnonzero(model.predict(data.x("test")) == data.y("test"))[0])
-    body = json.dumps({"inputs": data.x("test")[index:index + 1].tolist()}).encode()
     try:
-        for _ in range(120):
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                                 {"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    answer = json.loads(response.read())
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-3000:]
-                time.sleep(1)
-        else:
-            pytest.fail("make serve did not answer within 120 s")
+        answer = ask_served_model(port, data.x("test")[index:index + 1], server)
         assert answer == {"predictions": [int(data.y("test")[index])]}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
