@@ -1,16 +1,23 @@
-"""End to end: a tiny sweep, then `python -m pipeline.ui`, then a real headless Chromium.
+"""End to end: a store made as a user makes it, then `python -m pipeline.ui`, then Chromium.
 
-Checks what a person reviewing a sweep sees: the experiment page lists the parent and its
-child runs, a child's page shows its params and test_accuracy, the compare view of two
-runs loads, and the parent's summary plots are listed among its artifacts. Screenshots go
-to test-artifacts/e2e/. Needs Debian's chromium (apt-get install chromium chromium-driver);
-without it the test skips, except under CI=true, where that is a failure.
+The store, on the bundled 8×8 digits in one fresh experiment: a plain run (`make run`),
+a smoke sweep (which registers its best run as digits-classifier@champion) and an
+analysis of the plain run. Checks what a person reviewing it sees: the experiment opens
+in the model-training view; the runs table shows the named runs and, once picked in the
+column selector, the val_accuracy and test_accuracy columns; the sweep's parent expands
+to its children; a child's page shows its params and test_accuracy; the compare view of
+two runs loads; the parent's summary plots are among its artifacts; the registered model
+page shows the champion alias on its version; the analysis run's report/analysis.html
+renders in the artifact view. Screenshots go to test-artifacts/e2e/. Needs Debian's
+chromium (apt-get install chromium chromium-driver); without it the test skips, except
+under CI=true, where that is a failure.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -64,19 +71,38 @@ def _wait_for(url: str, seconds: float = 90) -> None:
     raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
+EXPERIMENT = "digits"
+MODEL = "digits-classifier"
+SMALL_ANALYSIS = ["analyze.memorize_subset=300", "analyze.memorize_wide_epochs=40",
+                  "analyze.memorize_epochs=10", "analyze.lr_epochs=5", "analyze.seeds=3",
+                  "analyze.noise_images=200"]
+
+
+def _pipeline(args, tmp, env):
+    common = [f"paths.mlruns_dir={tmp / 'mlruns'}", f"paths.data_dir={tmp / 'data'}",
+              f"tracking.experiment={EXPERIMENT}"]
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args, *common],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args}\n{result.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """A finished smoke sweep in a fresh store, and the UI serving it on a free port."""
+    """`make run`, a smoke sweep and an analysis in a fresh store; the UI serving it."""
     _browser_or_skip()
     tmp = tmp_path_factory.mktemp("e2e")
     mlruns = tmp / "mlruns"
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR")}
-    sweep = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sweep=smoke", f"paths.mlruns_dir={mlruns}",
-         f"paths.data_dir={tmp / 'data'}", f"hydra.sweep.dir={tmp / 'multirun'}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    _pipeline(["data=digits", "train.epochs=3", f"hydra.run.dir={tmp / 'run'}"], tmp, env)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    plain = {r.data.tags["model_family"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(plain) == {"numpy_mlp", "sklearn_mlp"}
+    _pipeline(["sweep=smoke", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp, env)
+    _pipeline(["stages=[analyze]", "data=digits", f"analyze.run_id={plain['numpy_mlp'].info.run_id}",
+               f"hydra.run.dir={tmp / 'analyze'}", *SMALL_ANALYSIS], tmp, env)
+    runs = client.search_runs([experiment.experiment_id])
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "pipeline.ui", "--port", str(port),
                                "--mlruns", str(mlruns)], cwd=PROJECT_ROOT, env=env,
@@ -84,26 +110,40 @@ def ui(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{url}/health")
-        client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("sweep-smoke")
-        runs = client.search_runs([experiment.experiment_id])
-        yield url, experiment.experiment_id, runs, port, mlruns
+        yield {"url": url, "experiment_id": experiment.experiment_id, "runs": runs, "port": port,
+               "mlruns": mlruns, "client": client, "plain": plain}
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
-def page(ui):
+def browser(ui):
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.set_default_timeout(60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+def _new_page(browser):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(ui, browser):
+    """A reviewer's browser: switched to Model training once (the UI remembers it), the
+    MLflow Assistant panel closed."""
+    page = _new_page(browser)
+    page.goto(f"{ui['url']}/#/experiments")
+    page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']").click()
+    page.get_by_text("Model training", exact=True).first.click()
+    yield page
+    page.close()
 
 
 def _runs_by_kind(runs):
@@ -112,8 +152,32 @@ def _runs_by_kind(runs):
     return parent, children
 
 
+def _analysis(runs):
+    return next(r for r in runs if r.data.tags.get("kind") == "analysis")
+
+
+def _show_metric_columns(page, *metrics):
+    """As a person does: Columns, search the metric's name, tick it under Metrics."""
+    for metric in metrics:
+        page.get_by_role("button", name="Columns", exact=True).click()
+        page.get_by_placeholder("Search columns").fill(metric)
+        tree = page.get_by_test_id("column-selector-tree")
+        # Metrics come before Parameters in the tree; the title must be the name exactly.
+        tree.locator(".du-bois-light-tree-title").filter(
+            has_text=re.compile(f"^{re.escape(metric)}$")).first.click()
+        page.keyboard.press("Escape")
+        page.locator(f".ag-header-cell[col-id='metrics.`{metric}`']").first.wait_for()
+
+
+def _cell(page, run_name, col_id):
+    """The runs table's cell of column col_id in the row of the run named run_name."""
+    name_cell = page.locator("[col-id='attributes.`Run Name`']", has_text=run_name).first
+    row_index = name_cell.locator("xpath=ancestor::*[@role='row'][1]").get_attribute("row-index")
+    return page.locator(f"[role=row][row-index='{row_index}'] [col-id='{col_id}']").first
+
+
 def test_server_binds_to_loopback_and_refuses_a_taken_port(ui):
-    _, _, _, port, mlruns = ui
+    port, mlruns = ui["port"], ui["mlruns"]
     result = subprocess.run([sys.executable, "-m", "pipeline.ui", "--port", str(port),
                              "--mlruns", str(mlruns)], cwd=PROJECT_ROOT, capture_output=True,
                             text=True, timeout=60)
@@ -122,53 +186,113 @@ def test_server_binds_to_loopback_and_refuses_a_taken_port(ui):
     assert "Traceback" not in result.stderr
 
 
-def test_experiment_page_lists_the_parent_and_its_children(ui, page):
-    url, experiment_id, runs, _, _ = ui
-    parent, children = _runs_by_kind(runs)
+def test_the_experiment_opens_in_the_model_training_view(ui, browser):
+    """A first visit (a fresh browser) opening the experiment from the Experiments list."""
+    page = _new_page(browser)
+    try:
+        page.goto(f"{ui['url']}/#/experiments")
+        page.get_by_role("link", name=EXPERIMENT, exact=True).click()
+        page.wait_for_url(re.compile(rf"#/experiments/{ui['experiment_id']}/\w+"))
+        page.wait_for_timeout(3000)  # the page redirects to the tab of its view
+        page.screenshot(path=str(SHOTS / "experiment_opened.png"))
+        # Model training: the Runs tab with the runs table; GenAI: Overview of traces.
+        assert re.search(rf"#/experiments/{ui['experiment_id']}/runs", page.url), page.url
+        page.get_by_role("button", name="Columns", exact=True).wait_for(timeout=15_000)
+        assert page.get_by_text("sweep smoke").first.is_visible()
+    finally:
+        page.close()
+
+
+def test_the_runs_table_shows_named_runs_and_the_accuracy_columns(ui, page):
+    plain = ui["plain"]
+    parent, _ = _runs_by_kind(ui["runs"])
+    analysis = _analysis(ui["runs"])
+    assert parent.info.run_name == "sweep smoke"
+    assert analysis.info.run_name == f"analysis of {plain['numpy_mlp'].info.run_name}"
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning")
+    for run in (*plain.values(), parent, analysis):
+        page.get_by_text(run.info.run_name).first.wait_for()
+    assert {family: run.info.run_name for family, run in plain.items()} == {
+        "numpy_mlp": "classic 16-16 sigmoid η=3 m=10 · ours",
+        "sklearn_mlp": "classic 16-16 sigmoid η=3 m=10 · sklearn"}
+    _show_metric_columns(page, "val_accuracy", "test_accuracy")
+    for run in plain.values():
+        for metric in ("val_accuracy", "test_accuracy"):
+            shown = _cell(page, run.info.run_name, f"metrics.`{metric}`").inner_text()
+            assert float(shown) == pytest.approx(run.data.metrics[metric]), (run.info.run_name, metric)
+    page.screenshot(path=str(SHOTS / "runs_table.png"))
+
+
+def test_the_sweep_parent_expands_to_its_children(ui, page):
+    parent, children = _runs_by_kind(ui["runs"])
     assert len(children) == 4
-    page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+    assert {c.info.run_name.rsplit(" · ", 1)[1] for c in children} == {"ours", "sklearn"}
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning")
     page.get_by_text(parent.info.run_name).first.wait_for()
     # Child runs are nested under the parent, collapsed: expand it with the row's toggle.
     row = page.locator("[role=row]", has_text=parent.info.run_name).first
     row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-    page.get_by_text(children[0].info.run_name).first.wait_for()
-    page.screenshot(path=str(SHOTS / "experiment_runs.png"), full_page=True)
     for child in children:
-        assert page.get_by_text(child.info.run_name).count() >= 1
+        page.get_by_text(child.info.run_name).first.wait_for()
+    page.screenshot(path=str(SHOTS / "experiment_runs.png"))
 
 
 def test_a_child_run_page_shows_its_params_and_test_accuracy(ui, page):
-    url, experiment_id, runs, _, _ = ui
-    _, children = _runs_by_kind(runs)
+    _, children = _runs_by_kind(ui["runs"])
     child = next(c for c in children if c.data.tags["model_family"] == "numpy_mlp")
-    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{child.info.run_id}")
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{child.info.run_id}")
+    page.get_by_text(child.info.run_name).first.wait_for()
     page.get_by_text("test_accuracy").first.wait_for()
     page.get_by_text("model.hidden_sizes").first.wait_for()
     value = f"{child.data.metrics['test_accuracy']:.4g}"[:5]
     page.get_by_text(value).first.wait_for()
-    page.screenshot(path=str(SHOTS / "child_run.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "child_run.png"))
 
 
 def test_the_compare_view_of_two_runs_loads(ui, page):
-    url, experiment_id, runs, _, _ = ui
-    _, children = _runs_by_kind(runs)
+    _, children = _runs_by_kind(ui["runs"])
     ours = [c for c in children if c.data.tags["model_family"] == "numpy_mlp"]
     ids = json.dumps([c.info.run_id for c in ours])
-    page.goto(f"{url}/#/compare-runs?runs={ids}&experiments={json.dumps([experiment_id])}")
+    experiments = json.dumps([ui["experiment_id"]])
+    page.goto(f"{ui['url']}/#/compare-runs?runs={ids}&experiments={experiments}")
     page.get_by_text("model.hidden_sizes").first.wait_for()
     page.get_by_text("test_accuracy").first.wait_for()
     for run in ours:
         page.get_by_text(run.info.run_name).first.wait_for()
-    page.screenshot(path=str(SHOTS / "compare_runs.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "compare_runs.png"))
 
 
 def test_the_parent_run_lists_its_summary_plots(ui, page):
-    url, experiment_id, runs, _, _ = ui
-    parent, _ = _runs_by_kind(runs)
-    page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent.info.run_id}/artifacts")
+    parent, _ = _runs_by_kind(ui["runs"])
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{parent.info.run_id}/artifacts")
     page.get_by_text("summary").first.click()
     page.get_by_text("test_accuracy_vs_hidden_sizes.png").first.wait_for()
     page.get_by_text("test_accuracy_vs_hidden_sizes.png").first.click()
     page.locator("img").first.wait_for()
-    page.screenshot(path=str(SHOTS / "parent_artifacts.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "parent_artifacts.png"))
     assert page.get_by_text("results.csv").count() >= 1
+
+
+def test_the_registered_model_page_shows_the_champion_alias(ui, page):
+    champion = ui["client"].get_model_version_by_alias(MODEL, "champion")
+    parent, children = _runs_by_kind(ui["runs"])
+    assert champion.run_id in {c.info.run_id for c in children}
+    page.goto(f"{ui['url']}/#/models/{MODEL}")
+    page.get_by_role("heading", name=MODEL).first.wait_for()
+    row = page.locator("tr, [role=row]", has_text=f"Version {champion.version}").first
+    row.get_by_text("champion").first.wait_for()
+    page.screenshot(path=str(SHOTS / "registered_model.png"))
+
+
+def test_the_analysis_run_renders_its_html_report(ui, page):
+    analysis = _analysis(ui["runs"])
+    assert analysis.data.params["analyzed_run_id"] == ui["plain"]["numpy_mlp"].info.run_id
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{analysis.info.run_id}/artifacts")
+    page.get_by_text("report", exact=True).first.click()
+    page.get_by_text("analysis.html", exact=True).first.click()
+    report = page.frame_locator("iframe").first
+    report.get_by_text("First-layer weights").first.wait_for()
+    figure = report.locator("img").first
+    figure.wait_for()
+    assert figure.evaluate("img => img.complete && img.naturalWidth > 200")
+    page.screenshot(path=str(SHOTS / "analysis_report.png"))
