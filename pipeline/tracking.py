@@ -234,9 +234,9 @@ def log_datasets(data) -> None:
 def finished_run_id(cfg, family: str) -> str | None:
     """A FINISHED training run of this model family with the same resume key — the same
     config, code and locked packages — if there is one (a resumed sweep reuses it)."""
-    client = mlflow.MlflowClient()
-    runs = client.search_runs(
-        [setup(cfg)], f"tags.resume_key = '{resume_key(cfg)}' and tags.model_family = '{family}' "
+    experiment_id = setup(cfg)  # first: it points MLflow at the store the client will use
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"tags.resume_key = '{resume_key(cfg)}' and tags.model_family = '{family}' "
                       "and attributes.status = 'FINISHED'", max_results=1)
     return runs[0].info.run_id if runs else None
 

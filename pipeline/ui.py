@@ -18,6 +18,7 @@ import ipaddress
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -244,7 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow UI: {local_url(args.host, args.port)}   (tracking URI for jobs elsewhere: "
           f"MLFLOW_TRACKING_URI={jobs_url(args.host, args.port, args.allowed_hosts)})",
           flush=True)
+    for name, url in experiment_links(mlruns / "mlflow.db", local_url(args.host, args.port)):
+        print(f"  {name}: {url}", flush=True)
     return run_server(server_command(args.host, args.port, mlruns, allowed))
+
+
+def experiment_links(db: Path, base: str) -> list[tuple[str, str]]:
+    """A link per experiment that opens it in the model-training view (its runs table).
+
+    MLflow 3.17's UI opens an experiment in its GenAI view unless the URL (or a click on
+    'Model training', which the browser remembers) says otherwise; it does not read the
+    experiment's mlflow.experimentKind tag, which the pipeline sets all the same.
+    """
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2) as connection:
+            rows = connection.execute("SELECT experiment_id, name FROM experiments WHERE "
+                                      "lifecycle_stage = 'active' AND name != 'Default' "
+                                      "ORDER BY experiment_id").fetchall()
+    except sqlite3.Error:
+        return []
+    return [(name, f"{base.rstrip('/')}/#/experiments/{eid}?workflowType=machine_learning")
+            for eid, name in rows]
 
 
 if __name__ == "__main__":

@@ -104,14 +104,19 @@ def ui(tmp_path_factory):
                f"hydra.run.dir={tmp / 'analyze'}", *SMALL_ANALYSIS], tmp, env)
     runs = client.search_runs([experiment.experiment_id])
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.ui", "--port", str(port),
-                               "--mlruns", str(mlruns)], cwd=PROJECT_ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp / "ui.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "pipeline.ui", "--port", str(port),
+                                   "--mlruns", str(mlruns)], cwd=PROJECT_ROOT, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{url}/health")
+        # `make ui` prints a link per experiment that opens it in the model-training view
+        links = dict(line.strip().split(": ", 1) for line in log.read_text().splitlines()
+                     if line.startswith("  ") and ": http" in line)
         yield {"url": url, "experiment_id": experiment.experiment_id, "runs": runs, "port": port,
-               "mlruns": mlruns, "client": client, "plain": plain}
+               "mlruns": mlruns, "client": client, "plain": plain, "links": links}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -171,8 +176,8 @@ def _show_metric_columns(page, *metrics):
 
 def _cell(page, run_name, col_id):
     """The runs table's cell of column col_id in the row of the run named run_name."""
-    name_cell = page.locator("[col-id='attributes.`Run Name`']", has_text=run_name).first
-    row_index = name_cell.locator("xpath=ancestor::*[@role='row'][1]").get_attribute("row-index")
+    name = page.locator("[col-id='attributes.`Run Name`']").get_by_text(run_name, exact=True).first
+    row_index = name.locator("xpath=ancestor::*[@role='row'][1]").get_attribute("row-index")
     return page.locator(f"[role=row][row-index='{row_index}'] [col-id='{col_id}']").first
 
 
@@ -187,18 +192,23 @@ def test_server_binds_to_loopback_and_refuses_a_taken_port(ui):
 
 
 def test_the_experiment_opens_in_the_model_training_view(ui, browser):
-    """A first visit (a fresh browser) opening the experiment from the Experiments list."""
+    """A first visit (a fresh browser) following the link `make ui` prints for the experiment.
+
+    (MLflow 3.17's UI does not read the experiment's mlflow.experimentKind tag, which the
+    pipeline sets: opened from its Experiments list, a fresh browser lands in the GenAI view.
+    The link carries ?workflowType=machine_learning, which the UI does honour.)"""
+    link = ui["links"][EXPERIMENT]
+    assert link == f"{ui['url']}/#/experiments/{ui['experiment_id']}?workflowType=machine_learning"
     page = _new_page(browser)
     try:
-        page.goto(f"{ui['url']}/#/experiments")
-        page.get_by_role("link", name=EXPERIMENT, exact=True).click()
+        page.goto(link)
         page.wait_for_url(re.compile(rf"#/experiments/{ui['experiment_id']}/\w+"))
         page.wait_for_timeout(3000)  # the page redirects to the tab of its view
         page.screenshot(path=str(SHOTS / "experiment_opened.png"))
         # Model training: the Runs tab with the runs table; GenAI: Overview of traces.
         assert re.search(rf"#/experiments/{ui['experiment_id']}/runs", page.url), page.url
         page.get_by_role("button", name="Columns", exact=True).wait_for(timeout=15_000)
-        assert page.get_by_text("sweep smoke").first.is_visible()
+        page.get_by_text("sweep smoke").first.wait_for()  # the runs table, with the sweep
     finally:
         page.close()
 

@@ -241,3 +241,15 @@ def test_user_mistakes_exit_2_with_one_clear_line_before_any_work(tmp_path, over
     assert result.returncode == 2, output[-2000:]
     assert message in output and "Traceback" not in output
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "data").exists()
+
+
+def test_resume_finds_the_run_in_the_configured_store_whatever_mlflow_pointed_at_before(
+        make_cfg, tmp_path, monkeypatch):
+    """A fresh process has MLflow pointed at its default store: resume must look in ours."""
+    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=1",
+                   "tracking.log_model=false", "tracking.skip_finished=true")
+    first = run_stages(cfg)["train"]
+    ours = os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # MLflow's global...
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ours)  # ...while the config names our store
+    assert run_stages(cfg)["train"] == first
