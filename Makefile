@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
-	$(UV) sync --frozen --extra test
+	$(UV) sync --locked --extra test
 	touch $@
 
 ## refresh uv.lock to the newest versions pyproject.toml allows, then install them

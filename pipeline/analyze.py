@@ -24,7 +24,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-from omegaconf import OmegaConf
 
 from pipeline import plots, preprocess, tracking
 from pipeline.engine import DivergenceError, Network, SGDConfig, train
@@ -38,13 +37,14 @@ CONFIDENT = 0.9
 def run(cfg, results: dict) -> str:
     experiment_id = tracking.setup(cfg)
     run_id = cfg.analyze.run_id or latest_run_id(experiment_id, cfg.analyze.model_name)
-    source = mlflow.get_run(run_id)
+    try:
+        source = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise PipelineError(f"analyze: no run {run_id} in {tracking.tracking_uri(cfg)}") from None
     if source.data.tags.get("model_family") != "numpy_mlp":
         raise PipelineError(f"analyze: run {run_id} is not a run of this project's network "
                             "(tag model_family=numpy_mlp); name one with analyze.run_id=<id>")
-    run_cfg = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    # The run's data settings, read from where this project keeps its data now.
-    run_cfg.data.processed_dir = cfg.data.processed_dir
+    run_cfg = tracking.logged_config(cfg, run_id)
     net = Network.load(mlflow.artifacts.download_artifacts(
         f"runs:/{run_id}/model/artifacts/network.npz"))
     data = preprocess.load(run_cfg)

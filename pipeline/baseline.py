@@ -75,6 +75,8 @@ def train_sklearn(cfg, data) -> str:
                     warnings.simplefilter("ignore", ConvergenceWarning)  # one epoch per call
                     clf.partial_fit(x, y, classes=classes)
             except ValueError as e:  # "Solver produced non-finite parameter weights"
+                if "non-finite" not in str(e):
+                    raise
                 raise DivergenceError(f"MLPClassifier diverged in epoch {epoch} at learning "
                                       f"rate {cfg.train.learning_rate}: {e}") from e
             seconds = time.perf_counter() - start

@@ -13,27 +13,24 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
 
 from pipeline import baseline, download, preprocess, tracking, train
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 TRAINERS = {"numpy_mlp": train.train_numpy, "sklearn_mlp": baseline.train_sklearn}
 TIMINGS = ("epoch_seconds", "train_seconds")  # wall-clock: never expected to match
 
 
 def run(cfg, results: dict) -> pd.DataFrame:
-    run_id = str(cfg.reproduce.run_id or "")
-    if not RUN_ID.match(run_id):
-        raise PipelineError(f"reproduce.run_id={run_id!r}: must be a run id (32 hex digits): "
-                            "make reproduce RUN_ID=<id>, ids as shown in the MLflow UI")
+    run_id = cfg.reproduce.run_id  # its form is checked with the config (config.RUN_ID)
+    if not run_id:
+        raise PipelineError("reproduce.run_id is not set: make reproduce RUN_ID=<id> (a training "
+                            "run's id, as the MLflow UI shows it)")
     tracking.setup(cfg)
     client = mlflow.MlflowClient()
     try:
@@ -56,19 +53,13 @@ def run(cfg, results: dict) -> pd.DataFrame:
                      if k.startswith("env.") and original.data.tags.get(k) != v}
     text = report(run_id, rerun_id, table, differing_env)
     print(text)
-    with tracking.run(cfg, run_id=rerun_id):
-        mlflow.log_text(text, "reproduction.md")
+    client.log_text(rerun_id, text, "reproduction.md")  # the finished rerun is not reopened
     return table
 
 
 def rerun_config(cfg, run_id: str):
     """The run's logged config, with this machine's data paths and no sweep bookkeeping."""
-    run_cfg = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    run_cfg.paths = OmegaConf.to_container(cfg.paths, resolve=True)
-    data_dir = cfg.paths.data_dir
-    run_cfg.data.processed_dir = f"{data_dir}/processed"
-    if run_cfg.data.get("raw_dir"):
-        run_cfg.data.raw_dir = f"{data_dir}/raw/{run_cfg.data.name}"
+    run_cfg = tracking.logged_config(cfg, run_id)
     run_cfg.tracking.parent_run_id = None
     run_cfg.tracking.skip_finished = False
     run_cfg.tracking.experiment = cfg.tracking.experiment

@@ -40,8 +40,7 @@ PLOTTED = ("hidden_sizes", "learning_rate", "batch_size")
 
 
 # Settings every training run's name already shows (describe.run_name).
-_NAMED = {"model", "model.hidden_sizes", "model.activation", "train.learning_rate",
-          "train.batch_size", "seed"}
+_NAMED = {"model.hidden_sizes", "model.activation", "train.learning_rate", "train.batch_size"}
 
 
 def run_label(overrides) -> str | None:
@@ -91,16 +90,22 @@ class SweepCallback(Callback):
             log.error("sweep: no parent run (see the error above); %d jobs, %d failed",
                       len(results), len(failed))
             sys.exit(1)
+        status = "FINISHED" if len(failed) < len(results) else "FAILED"
         try:
             tracking.setup(config)
             table = summarize(parent, results)
             register_best(config, parent, table)
-            status = "FINISHED" if len(failed) < len(results) else "FAILED"
-            mlflow.MlflowClient().set_terminated(parent, status)
         except Exception as e:  # noqa: BLE001
+            status = "FAILED"
             log.error("sweep: could not summarise on parent run %s: %s: %s", parent,
                       type(e).__name__, str(e)[:500])
-            sys.exit(1)
+            failed.append({"overrides": ["(summary)"], "error": str(e)})
+            table = None
+        finally:  # never leave the parent RUNNING
+            try:
+                mlflow.MlflowClient().set_terminated(parent, status)
+            except Exception as e:  # noqa: BLE001
+                log.error("sweep: could not close parent run %s: %s", parent, e)
         log.info("sweep: %d jobs, %d failed; summary on parent run %s", len(results),
                  len(failed), parent)
         if table is not None:
@@ -139,7 +144,9 @@ def open_parent(config, sweep_dir: Path) -> str:
     preset, grid = preset_name(config), swept(config)
     overrides = sorted(str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []
                        if not str(o).startswith(("hydra", "paths.")))
-    key = hashlib.sha256(json.dumps([preset, grid, overrides]).encode()).hexdigest()[:16]
+    # The same sweep of the same code and lock: a code change starts a new parent.
+    key = hashlib.sha256(json.dumps([preset, grid, overrides, tracking.code_digest()])
+                         .encode()).hexdigest()[:16]
     tags = {"kind": "sweep", "sweep_key": key, "sweep_preset": preset,
             "sweep_dir": str(sweep_dir.resolve()), "git_commit": tracking.git_commit(),
             **tracking.process_tags()}
@@ -214,13 +221,22 @@ def register_best(config, parent: str, table: pd.DataFrame | None) -> str | None
     if done.empty:
         return None
     best = done.loc[done.val_accuracy.idxmax()]
+    name, alias = config.register.model_name, config.register.alias
+    client = mlflow.MlflowClient()
+    try:  # a sweep takes the alias only from a worse champion (make register always does)
+        current = client.get_model_version_by_alias(name, alias)
+        if float(current.tags.get("val_accuracy", "nan")) >= best.val_accuracy:
+            log.info("sweep: best run %s (val %.4f) does not beat %s @%s (val %s): not registered",
+                     best.run_id, best.val_accuracy, name, alias, current.tags.get("val_accuracy"))
+            return None
+    except mlflow.exceptions.MlflowException:
+        pass  # no champion yet
     try:
-        version = registry.register(best.run_id, config.register.model_name, config.register.alias)
-    except PipelineError as e:  # e.g. a reused child without a model: the sweep still ends
+        version = registry.register(best.run_id, name, alias)
+    except (PipelineError, mlflow.exceptions.MlflowException) as e:  # the sweep still ends
         log.warning("sweep: best run %s not registered: %s", best.run_id, e)
         return None
-    mlflow.MlflowClient().set_tag(parent, "registered_model",
-                                  f"{config.register.model_name} v{version} @{config.register.alias}")
+    client.set_tag(parent, "registered_model", f"{name} v{version} @{alias}")
     return version
 
 

@@ -248,16 +248,35 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resume_key(cfg) -> str:
-    """config_hash plus what else decides a run's numbers: the pipeline's code (every .py
-    file of the package) and the locked package versions. A rerun after a code change or
-    a new lock trains again instead of reusing the old results."""
+def code_digest() -> str:
+    """SHA-256 over the pipeline's code (every .py file of the package) and the lock file."""
     code = hashlib.sha256()
     for source in sorted((PROJECT_ROOT / "pipeline").rglob("*.py")):
         code.update(source.relative_to(PROJECT_ROOT).as_posix().encode())
         code.update(source.read_bytes())
-    key = f"{config_hash(cfg)}|{code.hexdigest()}|{lock_digest()}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{code.hexdigest()}|{lock_digest()}".encode()).hexdigest()[:16]
+
+
+def resume_key(cfg) -> str:
+    """config_hash plus what else decides a run's numbers: the code and the locked package
+    versions. A rerun after a code change or a new lock trains again instead of reusing
+    the old results."""
+    return hashlib.sha256(f"{config_hash(cfg)}|{code_digest()}".encode()).hexdigest()[:16]
+
+
+def logged_config(cfg, run_id: str):
+    """A run's logged config.yaml over the current schema (so settings added since have
+    their defaults), with this machine's paths (cfg's) for its data."""
+    from pipeline.config import Config  # the schema; tracking is imported by config's users
+
+    logged = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), logged)
+    run_cfg.paths.data_dir = str(cfg.paths.data_dir)
+    run_cfg.paths.mlruns_dir = str(cfg.paths.mlruns_dir)
+    run_cfg.data.processed_dir = f"{cfg.paths.data_dir}/processed"
+    if run_cfg.data.get("raw_dir"):
+        run_cfg.data.raw_dir = f"{cfg.paths.data_dir}/raw/{run_cfg.data.name}"
+    return run_cfg
 
 
 def git_commit() -> str:

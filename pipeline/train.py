@@ -103,8 +103,12 @@ def train_numpy(cfg, data) -> str:
                 bar.set_postfix(val_accuracy=f"{epoch_metrics['val_accuracy']:.4f}")
 
             history = train(net, x, y, sgd_config(cfg), rng, on_epoch=on_epoch, evaluate=False)
-        if cfg.train.keep == "best":
+        if cfg.train.keep == "best" and best["epoch"] != len(history):
             net.params[...] = best["params"]
+            # The run's val_* (latest value) must describe the weights it keeps: the sweep
+            # selects on it, the registry quotes it.
+            tracking.log_metrics(metrics.classification_metrics(
+                "val", net.predict_proba(data.x("val")), data.y("val")), step=len(history))
         kept = best["epoch"] if cfg.train.keep == "best" else len(history)
         mlflow.set_tag("kept_epoch", f"{cfg.train.keep} (epoch {kept} of {len(history)})")
         tracking.log_metrics({"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],

@@ -168,3 +168,10 @@ def test_one_factory_builds_the_network_from_plain_config_data():
     same = Network([784, 16, 16, 10], "sigmoid", "quadratic", "normal", rng=np.random.default_rng(0))
     np.testing.assert_array_equal(net.params, same.params)
     assert net.spec == {k: v for k, v in spec.items() if k != "name"}
+
+
+def test_class_probabilities_are_rows_summing_to_one_even_when_outputs_underflow():
+    from pipeline.engine.costs import Quadratic
+    a = np.array([[0.2, 0.6, 0.2], [0.0, 0.0, 0.0]], dtype=np.float32)
+    p = Quadratic.probabilities(a)
+    np.testing.assert_allclose(p, [[0.2, 0.6, 0.2], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)

@@ -64,3 +64,15 @@ def test_a_rerun_under_another_kernel_names_the_difference(logged_run, tmp_path)
 def test_bad_run_ids_are_named(make_cfg, run_id, message):
     with pytest.raises(PipelineError, match=message):
         run_stages(make_cfg("stages=[reproduce]", f"reproduce.run_id={run_id}"))
+
+
+def test_a_run_logged_before_a_setting_existed_reruns_with_its_default(logged_run, make_cfg):
+    import mlflow
+    cfg, run_id, _ = logged_run
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+    assert "  keep: final\n" in text
+    MlflowClient().log_text(run_id, text.replace("  keep: final\n", ""), "config.yaml")
+    table = run_stages(make_cfg("data=digits", "stages=[reproduce]",
+                                f"reproduce.run_id={run_id}"))["reproduce"]
+    compared = table[~table.verdict.str.startswith(("timing", "not rerun"))]
+    assert compared.verdict.str.startswith("identical").all(), table.to_string()

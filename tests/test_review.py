@@ -65,6 +65,7 @@ def test_keep_best_ends_with_the_best_validation_epochs_weights(make_cfg):
     best_epoch = int(np.argmax(history)) + 1
     assert run.data.metrics["best_epoch"] == best_epoch == run.data.metrics["kept_epoch"]
     assert run.data.metrics["best_val_accuracy"] == max(history)
+    assert run.data.metrics["val_accuracy"] == max(history)  # the kept weights', for selection
     assert run.data.tags["kept_epoch"] == f"best (epoch {best_epoch} of 12)"
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the kept weights
     data = preprocess.load(cfg)

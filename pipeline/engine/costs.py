@@ -38,9 +38,12 @@ class Quadratic:
 
     @staticmethod
     def probabilities(a: np.ndarray) -> np.ndarray:
-        """Sigmoid outputs are ten independent scores; normalised, they sum to 1."""
+        """Sigmoid outputs are ten independent scores; normalised, they sum to 1 (a row
+        whose outputs all underflowed to 0 says nothing: uniform)."""
         a = a.astype(np.float64)
-        return a / a.sum(axis=1, keepdims=True)
+        total = a.sum(axis=1, keepdims=True)
+        uniform = np.full_like(a, 1 / a.shape[1])
+        return np.divide(a, total, out=uniform, where=total > 0)
 
 
 class CrossEntropy:
