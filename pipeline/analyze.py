@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
-from pipeline import plots, preprocess, tracking
+from pipeline import preprocess, tracking
 from pipeline.engine import DivergenceError, Network, SGDConfig, train
 from pipeline.errors import PipelineError
 from pipeline.train import build_network, sgd_config

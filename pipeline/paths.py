@@ -63,7 +63,7 @@ def remove_orphaned_temp_files(folder: Path, max_age: float = ORPHAN_AGE) -> lis
         match = _PART.match(path.name)
         try:
             if match and match["host"] == _HOST:
-                orphan = not _pid_alive(int(match["pid"]))
+                orphan = not process_alive(int(match["pid"]))
             else:
                 orphan = time.time() - path.stat().st_mtime > max_age
             if orphan:
@@ -74,7 +74,9 @@ def remove_orphaned_temp_files(folder: Path, max_age: float = ORPHAN_AGE) -> lis
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int, started: str = "") -> bool:
+    """Is process `pid` of this host still running — and, if its start time `started` (from
+    process_start) is given, still the same process, not a later one reusing the pid?"""
     if os.name != "posix" or pid <= 0:
         return True  # no safe liveness probe (on Windows, signal 0 is Ctrl-C): assume alive
     try:
@@ -83,4 +85,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, but another user's
         return True
-    return True
+    return not started or process_start(pid) in ("", started)
+
+
+def process_start(pid: int) -> str:
+    """The start time of process `pid` (Linux: field 22 of /proc/<pid>/stat, clock ticks
+    since boot); "" where it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""

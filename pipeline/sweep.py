@@ -188,12 +188,10 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     with mlflow.start_run(run_id=parent):
         mlflow.log_text(table.to_csv(index=False), "summary/results.csv")
         mlflow.log_text(table.to_markdown(index=False), "summary/results.md")
-        done = table[(table.status == "FINISHED") & table.val_accuracy.notna()]
         for family, label in (("numpy_mlp", "ours"), ("sklearn_mlp", "sklearn")):
-            rows = done[done.family == family]
-            if rows.empty:
+            best = best_child(table, family)
+            if best is None:
                 continue
-            best = rows.loc[rows.val_accuracy.idxmax()]  # selected on validation
             mlflow.set_tags({f"best_{label}_run_id": best.run_id,
                              f"best_{label}_run_name": str(best.run_name)})
             mlflow.log_metrics({f"best_{label}_{m}": float(best[m]) for m in
@@ -212,15 +210,23 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     return table
 
 
+def best_child(table: pd.DataFrame, family: str | None = None) -> pd.Series | None:
+    """The finished child (of `family`, or of either) with the best validation accuracy:
+    selection on validation, never on test."""
+    done = table[(table.status == "FINISHED") & table.val_accuracy.notna()]
+    if family is not None:
+        done = done[done.family == family]
+    return None if done.empty else done.loc[done.val_accuracy.idxmax()]
+
+
 def register_best(config, parent: str, table: pd.DataFrame | None) -> str | None:
     """Register the sweep's best finished child of either family (by validation accuracy)
     as the champion of register.model_name; tag the parent with it."""
     if table is None or not config.tracking.log_model:
         return None
-    done = table[(table.status == "FINISHED") & table.val_accuracy.notna()]
-    if done.empty:
+    best = best_child(table)
+    if best is None:
         return None
-    best = done.loc[done.val_accuracy.idxmax()]
     name, alias = config.register.model_name, config.register.alias
     client = mlflow.MlflowClient()
     try:  # a sweep takes the alias only from a worse champion (make register always does)

@@ -32,7 +32,7 @@ import mlflow  # noqa: E402
 from pipeline import describe
 from pipeline.engine import DivergenceError
 from pipeline.environment import environment_tags, lock_digest
-from pipeline.paths import PROJECT_ROOT, from_root
+from pipeline.paths import PROJECT_ROOT, from_root, process_alive, process_start
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +109,7 @@ def initialise_sqlite(uri: str) -> None:
 def process_tags() -> dict[str, str]:
     """Who runs this run: host, pid and the process's start time (pids get reused)."""
     return {"host": socket.gethostname(), "pid": str(os.getpid()),
-            "pid_started": _process_start(os.getpid())}
-
-
-def _process_start(pid: int) -> str:
-    try:  # field 22 of /proc/<pid>/stat: start time in clock ticks since boot (Linux)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def process_alive(pid: int, started: str = "") -> bool:
-    """Is the process that wrote these tags still running on this host?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return not started or _process_start(pid) in ("", started)
+            "pid_started": process_start(os.getpid())}
 
 
 def reap_orphans(experiment_id: str) -> list[str]:

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import environment, tracking
+from pipeline import environment, paths, tracking
 from pipeline.app import run_stages
 from pipeline.engine import DivergenceError
 from pipeline.errors import RunFailed
@@ -85,8 +84,8 @@ def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(make_cfg, t
 
 def test_a_reused_pid_does_not_keep_a_dead_run_alive():
     # same pid, another start time: another process
-    assert tracking.process_alive(os.getpid(), tracking._process_start(os.getpid()))
-    if tracking._process_start(os.getpid()):
+    assert tracking.process_alive(os.getpid(), paths.process_start(os.getpid()))
+    if paths.process_start(os.getpid()):
         assert not tracking.process_alive(os.getpid(), "1")
 
 

@@ -54,7 +54,7 @@ def test_a_rerun_under_another_kernel_names_the_difference(logged_run, tmp_path)
         env={**os.environ, "OPENBLAS_CORETYPE": other})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "What differs between the two environments" in result.stdout
-    assert f"| env.blas_kernel " in result.stdout and other in result.stdout
+    assert "| env.blas_kernel " in result.stdout and other in result.stdout
 
 
 @pytest.mark.parametrize("run_id,message", [
