@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import (analyze, compare, config, download, evaluate, preprocess, registry,
-                      reproduce, sweep, tracking, train)
+                      reproduce, search, sweep, tracking, train)
 from pipeline.errors import USER_ERRORS, RunFailed
 from pipeline.paths import PROJECT_ROOT
 
@@ -30,6 +30,7 @@ STAGES = {
     "analyze": analyze.run,
     "reproduce": reproduce.run,
     "register": registry.run,
+    "search": search.run,
 }
 
 

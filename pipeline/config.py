@@ -105,6 +105,24 @@ class ReproduceConfig:
 
 
 @dataclass
+class SearchConfig:
+    """An Optuna study over the config space (stage search, conf/search/, pipeline/search.py)."""
+
+    n_trials: int = 30  # the study ends with this many COMPLETE or PRUNED trials
+    workers: int = 1  # worker processes on this machine (other machines: the same command)
+    worker_index: int = 0  # set per worker process; seeds its sampler
+    summarize: bool = True  # false for workers started by a search, which summarises itself
+    sampler: str = "tpe"
+    pruner: str = "median"
+    pruner_startup_trials: int = 5  # trials that run to the end before any is pruned
+    pruner_warmup_epochs: int = 3  # epochs of every trial before it may be pruned
+    seed: int = 0
+    storage: Optional[str] = None  # default: OPTUNA_STORAGE, else sqlite beside the MLflow store
+    # config key -> {low, high[, log]} or {choices: [...]}
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     stages: list[str] = MISSING
     seed: int = 0
@@ -118,6 +136,7 @@ class Config:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=Config)
@@ -182,6 +201,14 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "register.model_name": NAME,
     "register.alias": NAME,
     "tracking.experiment": NAME,
+    "search.n_trials": at_least(1),
+    "search.workers": ((lambda v: 1 <= v <= 64), "a number of worker processes from 1 to 64"),
+    "search.worker_index": at_least(0),
+    "search.sampler": one_of("tpe", "random"),
+    "search.pruner": one_of("median", "none"),
+    "search.pruner_startup_trials": at_least(0),
+    "search.pruner_warmup_epochs": at_least(0),
+    "search.seed": at_least(0),
 }
 
 
@@ -205,6 +232,11 @@ def validate(cfg, stages: dict) -> None:
     if "evaluate" in cfg.stages and "train" in cfg.stages and not cfg.tracking.log_model:
         problems.append("tracking.log_model=false: the evaluate stage loads the logged models; "
                         "set tracking.log_model=true or drop evaluate from stages")
+    if "search" in cfg.stages:
+        try:
+            search_space(cfg)
+        except PipelineError as e:
+            problems.append(str(e))
     n_train = training_set_size(cfg.data) if cfg.get("data") else None
     if n_train is not None and n_train < 10:
         total = n_train + int(cfg.data.validation_size) + int(cfg.data.test_size or 0)
@@ -237,3 +269,44 @@ def training_set_size(data_cfg) -> int | None:
     if total is None:
         return None
     return total - int(data_cfg.validation_size) - int(data_cfg.test_size or 0)
+
+
+_ABSENT = object()
+
+
+def search_space(cfg) -> dict[str, dict]:
+    """search.space checked against the config: each key a setting of the config, each
+    entry a range {low, high[, log]} (typed as the setting: int or float) or {choices}."""
+    space = OmegaConf.to_container(cfg.search.space, resolve=True)
+    if not space:
+        raise PipelineError("search.space: empty; name the settings to search, e.g. "
+                            "search.space={train.learning_rate:{low:0.01,high:3.0,log:true}}")
+    checked, problems = {}, []
+    for key, spec in space.items():
+        where = f"search.space.{key}"
+        current = OmegaConf.select(cfg, key, default=_ABSENT)
+        if current is _ABSENT or key.startswith(("search", "hydra", "paths", "tracking", "stages")):
+            problems.append(f"{where}: not a setting a trial can vary (e.g. train.learning_rate, "
+                            "model.hidden_sizes)")
+        elif not isinstance(spec, dict):
+            problems.append(f"{where}={spec!r}: must be {{low, high[, log]}} or {{choices: [...]}}")
+        elif "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"] or set(spec) != {"choices"}:
+                problems.append(f"{where}: choices must be a non-empty list, alone")
+            else:
+                checked[key] = spec
+        elif {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
+            kind = "int" if isinstance(current, int) and not isinstance(current, bool) else "float"
+            low, high = spec["low"], spec["high"]
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+            if not numbers or not low < high or (kind == "int" and not (low == int(low) and high == int(high))):
+                problems.append(f"{where}: low < high, {kind}s (the setting is {kind})")
+            elif spec.get("log") and low <= 0:
+                problems.append(f"{where}: a log range needs low > 0")
+            else:
+                checked[key] = {**spec, "type": kind}
+        else:
+            problems.append(f"{where}={spec!r}: must be {{low, high[, log]}} or {{choices: [...]}}")
+    if problems:
+        raise PipelineError("; ".join(problems))
+    return checked

@@ -12,6 +12,13 @@ class RunFailed(Exception):
     exits 1 and names them."""
 
 
+class RunStopped(Exception):
+    """A run stopped on purpose before its end (a search's pruner gave up on it): the run
+    ends KILLED with the reason as tag `stopped_reason`, not FAILED."""
+
+    label = "stopped"  # appended to the run's name
+
+
 class CollapseError(DivergenceError):
     """Training ended at chance: the model gives one answer to every input."""
 

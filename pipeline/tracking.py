@@ -31,6 +31,7 @@ import mlflow  # noqa: E402
 
 from pipeline import describe
 from pipeline.engine import DivergenceError
+from pipeline.errors import RunStopped
 from pipeline.environment import environment_tags, lock_digest
 from pipeline.paths import PROJECT_ROOT, from_root, process_alive, process_start
 
@@ -139,7 +140,8 @@ def reap_orphans(experiment_id: str) -> list[str]:
 @contextmanager
 def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
         tags: dict | None = None):
-    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`.
+    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`
+    (KILLED with tag `stopped_reason` if it was stopped on purpose: errors.RunStopped).
 
     A new run is tagged with its process (host, pid), so that if the process dies without
     closing it, the next process on the store marks it KILLED (reap_orphans).
@@ -152,6 +154,11 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
                           tags=tags, parent_run_id=parent) as active:
         try:
             yield active
+        except RunStopped as e:
+            mlflow.set_tags({"stopped_reason": str(e)[:5000],  # and the name says it
+                             "mlflow.runName": f"{active.info.run_name} · {e.label}"})
+            mlflow.end_run("KILLED")
+            raise
         except BaseException as e:
             reason = f"{type(e).__name__}: {e}"
             try:  # a full disk may refuse the tag too: the run must still end FAILED
@@ -209,7 +216,8 @@ def log_datasets(data) -> None:
             except mlflow.exceptions.MlflowException as e:
                 # Two parallel jobs inserting the same dataset: MLflow's get-or-create is not
                 # atomic, and the loser hits the unique constraint. Again, it finds the row.
-                if "UNIQUE constraint" not in str(e) or attempt == 4:
+                # (SQLite: "UNIQUE constraint failed"; PostgreSQL: "violates unique constraint")
+                if "unique constraint" not in str(e).lower() or attempt == 4:
                     raise
 
 

@@ -72,8 +72,11 @@ def sgd_config(cfg, **overrides) -> SGDConfig:
     return SGDConfig(**{**settings, **overrides})
 
 
-def train_numpy(cfg, data) -> str:
+def train_numpy(cfg, data, report=None) -> str:
     """Train ours; log per-epoch and final metrics; return the run id.
+
+    report(epoch, metrics), if given, sees each epoch's logged metrics after they are
+    logged; it may stop the run by raising errors.RunStopped (a search's pruner does).
 
     One generator, seeded by `seed`, draws the initial weights and then every epoch's
     shuffle, so the seed fixes the run. With train.keep=best the network ends with the
@@ -101,6 +104,8 @@ def train_numpy(cfg, data) -> str:
                                 params=net.params.copy() if cfg.train.keep == "best" else None)
                 bar.update()
                 bar.set_postfix(val_accuracy=f"{epoch_metrics['val_accuracy']:.4f}")
+                if report is not None:
+                    report(record["epoch"], epoch_metrics)
 
             history = train(net, x, y, sgd_config(cfg), rng, on_epoch=on_epoch, evaluate=False)
         if cfg.train.keep == "best" and best["epoch"] != len(history):

@@ -1,0 +1,316 @@
+"""Stage `search`: an Optuna study over the config space, one MLflow child run per trial.
+
+    python -m pipeline search=<preset> [search.n_trials=40] [search.workers=2] [overrides]
+
+The space is the preset's `search.space` (conf/search/): config keys, each with a range
+(`low`, `high`, optional `log`; int or float as the key's own value) or a list of
+`choices`. A trial composes the app's config from the command line's overrides plus its
+sampled values, and trains our network through train.train_numpy, as `make run` does. It
+reports validation accuracy each epoch; the pruner stops a trial that trails the earlier
+ones at the same epoch (its run ends KILLED, tagged stopped_reason; the trial PRUNED).
+The objective is the validation accuracy of the weights the run keeps; test accuracy is
+logged, never used.
+
+The study lives in storage: SQLite beside the MLflow store (mlruns/optuna.db) by default,
+search.storage or OPTUNA_STORAGE (e.g. postgresql+psycopg://…) to share it between
+machines. Its name keys the space, the overrides and the code, so the same command
+resumes it. Workers (search.workers processes here, and the same command elsewhere) take
+trials until the study holds search.n_trials finished ones (COMPLETE or PRUNED). Each
+beats a heartbeat into the storage: the trial of a worker that died goes stale after
+GRACE_SECONDS, is marked FAIL, and another trial takes its place.
+
+The search is one MLflow parent run, `search <preset>`. When no trial is left running, the
+worker that ends it summarises the children as a sweep is summarised (results table, best
+child by validation accuracy, plots; the best registered if it beats the champion) and
+logs Optuna's trial table beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import mlflow
+import optuna
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from pipeline import config, preprocess, sweep, tracking, train
+from pipeline.engine import DivergenceError
+from pipeline.errors import PipelineError, RunFailed, RunStopped
+from pipeline.paths import from_root
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+HEARTBEAT_SECONDS = 5
+GRACE_SECONDS = 30  # no heartbeat for this long: the trial's worker is gone
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+# Overrides that say how to run the search, not what it searches: a study is the same
+# study whatever they are (more trials or workers extend it).
+_HOW = ("search.n_trials", "search.workers", "search.worker_index", "search.summarize",
+        "search.storage", "stages", "hydra.", "paths.")
+
+
+class Pruned(RunStopped):
+    label = "pruned"
+
+
+class SurplusTrial(Exception):
+    """Asked by two workers at once for the study's last place: the later one steps back."""
+
+
+def run(cfg, results: dict) -> str:
+    """Run (or resume) the study; return the parent run id."""
+    study = open_study(cfg)
+    parent = open_parent(cfg, study, owner=cfg.search.summarize)
+    if cfg.search.workers > 1:
+        ended = launch_workers(cfg)
+    else:
+        ended = []
+        work(cfg, study, parent)
+    if cfg.search.summarize and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        summarize(cfg, study, parent)
+    if ended:
+        raise RunFailed("search: " + "; ".join(ended) + " (the study went on without them; "
+                        "rerun the same command to finish or summarise it)")
+    return parent
+
+
+# ---- the study ------------------------------------------------------------------------------
+
+def storage_url(cfg) -> str:
+    return (cfg.search.storage or os.environ.get("OPTUNA_STORAGE")
+            or f"sqlite:///{from_root(cfg.paths.mlruns_dir) / 'optuna.db'}")
+
+
+def shown_url(url: str) -> str:
+    """The storage URL without its password, to log and tag."""
+    head, at, tail = url.rpartition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, credentials = head.partition("://")
+    return f"{scheme}://{credentials.split(':')[0]}@{tail}"
+
+
+def base_overrides() -> list[str]:
+    """The command line's overrides that decide what a trial is."""
+    return [str(o) for o in HydraConfig.get().overrides.task
+            if not str(o).lstrip("+~").startswith(_HOW)]
+
+
+def study_name(cfg) -> str:
+    """<preset>-<key>: the key covers the space, the overrides and the code + lock."""
+    preset = str(HydraConfig.get().runtime.choices.get("search") or "custom")
+    space = OmegaConf.to_container(cfg.search.space, resolve=True)
+    key = hashlib.sha256(json.dumps([preset, space, sorted(base_overrides()),
+                                     tracking.code_digest()], sort_keys=True).encode())
+    return f"{preset}-{key.hexdigest()[:10]}"
+
+
+def open_study(cfg) -> optuna.Study:
+    url = storage_url(cfg)
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        from_root(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                             heartbeat_interval=HEARTBEAT_SECONDS,
+                                             grace_period=GRACE_SECONDS)
+        study = optuna.create_study(study_name=study_name(cfg), storage=storage,
+                                    direction="maximize", load_if_exists=True)
+    except (ImportError, optuna.exceptions.StorageInternalError, ValueError) as e:
+        raise PipelineError(f"search: cannot open the study storage {shown_url(url)}: {e}. "
+                            "Set search.storage (or OPTUNA_STORAGE) to a reachable database, "
+                            "e.g. the one `make server` prints") from e
+    # Seeded by the worker and the trials already there: two workers, or a resumed
+    # search, do not propose the same points again.
+    seed = cfg.search.seed + 1000 * cfg.search.worker_index + len(study.trials)
+    study.sampler = (optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+                     if cfg.search.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
+    study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.search.pruner_startup_trials,
+                                                n_warmup_steps=cfg.search.pruner_warmup_epochs)
+                    if cfg.search.pruner == "median" else optuna.pruners.NopPruner())
+    log.info("search: study %s in %s: %d of %d trials done", study.study_name,
+             shown_url(url), len(study.get_trials(deepcopy=False, states=DONE)), cfg.search.n_trials)
+    return study
+
+
+def open_parent(cfg, study: optuna.Study, owner: bool) -> str:
+    """The study's MLflow parent run (its id is kept in the study), created on first use.
+    The owner (the process that summarises) reopens it and tags it with its process, so
+    that the parent of a killed search is closed by the next run (tracking.reap_orphans)."""
+    experiment_id = tracking.setup(cfg)
+    client = mlflow.MlflowClient()
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if parent:
+        try:
+            client.get_run(parent)
+        except mlflow.exceptions.MlflowException:
+            parent = None  # the study outlived its MLflow store: a new parent
+    if parent is None:
+        preset = study.study_name.rsplit("-", 1)[0]
+        space = ", ".join(f"{k}: {json.dumps(v)}" for k, v in
+                          OmegaConf.to_container(cfg.search.space, resolve=True).items())
+        note = (f"Optuna search `{preset}` (conf/search/{preset}.yaml), study "
+                f"`{study.study_name}` in {shown_url(storage_url(cfg))}: "
+                f"{cfg.search.sampler} sampler, {cfg.search.pruner} pruner, "
+                f"{cfg.search.n_trials} trials over {space}. Each child is one trial; pruned "
+                "trials end KILLED with their stopped_reason. The objective is val_accuracy.")
+        run = client.create_run(experiment_id, run_name=f"search {preset}", tags={
+            "kind": "search", "optuna_study": study.study_name, "mlflow.note.content": note,
+            "optuna_storage": shown_url(storage_url(cfg)), "git_commit": tracking.git_commit()})
+        parent = run.info.run_id
+        client.log_param(parent, "search.space", space[:6000])
+        client.log_param(parent, "search.overrides", " ".join(base_overrides())[:6000] or "-")
+        study.set_user_attr("mlflow_parent_run_id", parent)
+    if owner:
+        client.update_run(parent, status="RUNNING")
+        for name, value in tracking.process_tags().items():
+            client.set_tag(parent, name, value)
+    return parent
+
+
+# ---- workers ----------------------------------------------------------------------------
+
+def launch_workers(cfg) -> list[str]:
+    """Run search.workers worker processes of this command here; wait for them; return a
+    line per worker that did not end well."""
+    run_dir = HydraConfig.get().runtime.output_dir
+    overrides = [str(o) for o in HydraConfig.get().overrides.task
+                 if not str(o).startswith(("search.workers", "search.worker_index",
+                                           "search.summarize", "stages", "hydra.run.dir"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *overrides, "stages=[search]", "search.workers=1",
+         f"search.worker_index={i}", "search.summarize=false", f"hydra.run.dir={run_dir}/worker-{i}"],
+        env=env) for i in range(cfg.search.workers)]
+    log.info("search: %d workers started (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers))
+    ended = []
+    for i, worker in enumerate(workers):
+        status = worker.wait()
+        if status:
+            how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+            ended.append(f"worker {i} (pid {worker.pid}) ended with {how}")
+    return ended
+
+
+def work(cfg, study: optuna.Study, parent: str) -> None:
+    """Take trials until the study holds search.n_trials finished ones. A worker waits
+    while the last places are taken by running trials, which end or go stale."""
+    space = config.search_space(cfg)
+    fixed = base_overrides()
+    datasets: dict[str, object] = {}
+    waiting = False
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        done = len(study.get_trials(deepcopy=False, states=DONE))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        if done >= cfg.search.n_trials:
+            return
+        if failed > cfg.search.n_trials:
+            raise RunFailed(f"search: {failed} trials failed (see the FAILED children of "
+                            f"parent run {parent}, tag failure_reason); stopping")
+        if done + running >= cfg.search.n_trials:
+            if not waiting:
+                log.info("search: %d trial(s) still running elsewhere; waiting for them", running)
+                waiting = True
+            time.sleep(HEARTBEAT_SECONDS)
+            continue
+        waiting = False
+        study.optimize(lambda trial: objective(cfg, trial, space, fixed, parent, datasets),
+                       n_trials=1, catch=(DivergenceError, SurplusTrial), gc_after_trial=False)
+
+
+def objective(cfg, trial: optuna.Trial, space: dict, fixed: list[str], parent: str,
+              datasets: dict) -> float:
+    """Train one sampled config as a child run of the parent; its kept val_accuracy."""
+    taken = [t for t in trial.study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+             if t.number < trial.number]
+    if len(taken) >= cfg.search.n_trials:
+        trial.set_user_attr("surplus", True)
+        raise SurplusTrial(f"trial {trial.number}: the study's {cfg.search.n_trials} places "
+                           "were taken meanwhile")
+    sampled = {key: suggest(trial, key, spec) for key, spec in space.items()}
+    trial_cfg = compose(config_name="config", overrides=[
+        *fixed, *(f"{key}={value}" for key, value in sampled.items()), "stages=[train]"])
+    trial_cfg.tracking.parent_run_id = parent
+    trial_cfg.tracking.skip_finished = False
+    trial_cfg.tracking.label = f"trial {trial.number}"
+    trial_cfg.tracking.tags = {"optuna_study": trial.study.study_name,
+                               "optuna_trial": str(trial.number)}
+    config.validate(trial_cfg, {"train": None})  # a bad space is the user's to fix: exit 2
+    key = OmegaConf.to_yaml(trial_cfg.data)
+    if key not in datasets:
+        datasets[key] = preprocess.load(trial_cfg)
+    trial.set_user_attr("worker", f"{tracking.process_tags()['host']}:{os.getpid()}")
+
+    def report(epoch: int, metrics: dict) -> None:
+        if epoch == 1:
+            trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+        trial.report(metrics["val_accuracy"], epoch)
+        if trial.should_prune():
+            raise Pruned(f"pruned at epoch {epoch} of {trial_cfg.train.epochs}: val_accuracy "
+                         f"{metrics['val_accuracy']:.4f} trails the median of earlier trials")
+
+    try:
+        run_id = train.train_numpy(trial_cfg, datasets[key], report=report)
+    except Pruned as e:
+        raise optuna.TrialPruned(str(e)) from e
+    trial.set_user_attr("mlflow_run_id", run_id)
+    return mlflow.MlflowClient().get_run(run_id).data.metrics["val_accuracy"]
+
+
+def suggest(trial: optuna.Trial, key: str, spec: dict):
+    """A value for `key` from its range or choices, as override text (lists as [a,b])."""
+    if "choices" in spec:
+        return trial.suggest_categorical(key, [json.dumps(c, separators=(",", ":"))
+                                               if isinstance(c, list) else c
+                                               for c in spec["choices"]])
+    if spec["type"] == "int":
+        return trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False))
+    return trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
+
+
+# ---- the summary ------------------------------------------------------------------------
+
+def summarize(cfg, study: optuna.Study, parent: str) -> None:
+    """The sweep summary of the children, Optuna's trial table and counts; close the parent."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in DONE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    epochs = [t.last_step or 0 for t in pruned]
+    client = mlflow.MlflowClient()
+    try:
+        table = sweep.summarize(parent, [])
+        frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration",
+                                              "user_attrs"))
+        with mlflow.start_run(run_id=parent):
+            mlflow.log_text(frame.to_csv(index=False), "summary/trials.csv")
+            mlflow.log_metrics({"trials_complete": len(done) - len(pruned),
+                                "trials_pruned": len(pruned),
+                                "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+                                "pruned_at_epoch_mean": sum(epochs) / len(epochs) if epochs else 0})
+            best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
+            if best is not None:
+                mlflow.set_tags({"best_trial": str(best.number),
+                                 "best_trial_params": json.dumps(best.params)[:5000]})
+        sweep.register_best(cfg, parent, table)
+        client.set_terminated(parent, "FINISHED")
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    if table is not None:
+        shown = table.drop(columns=["run_id", "run_name", "failure_reason"]).dropna(axis=1, how="all")
+        print(shown.to_string(index=False))
+    log.info("search: %d trials done (%d pruned, at epoch %.1f on average); summary on parent "
+             "run %s", len(done), len(pruned), sum(epochs) / len(epochs) if epochs else 0, parent)
