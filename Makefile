@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the optional extras (ray, postgres) on top, for make server / sweep LAUNCHER=ray / test
+EXTRAS_STAMP := $(VENV)/.installed-extras
 UV     := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -11,8 +13,11 @@ PORT   ?= 5000
 SERVE_PORT ?= 5001
 MODEL  ?= mnist-classifier
 SWEEP  ?= grid
+SEARCH ?= classic16
+LAUNCHER ?=
+PG_PORT ?= 5432
 
-.PHONY: install lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench clean
+.PHONY: install install-extras lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench clean
 
 ## the locked environment: exactly the versions in uv.lock (uv itself is locked there too)
 install: $(STAMP)
@@ -21,6 +26,14 @@ $(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
 	$(UV) sync --locked --extra test
+	rm -f $(EXTRAS_STAMP)  # an exact sync removed them
+	touch $@
+
+## the default install plus Ray (hydra-ray-launcher) and psycopg (PostgreSQL)
+install-extras: $(EXTRAS_STAMP)
+
+$(EXTRAS_STAMP): $(STAMP)
+	$(UV) sync --locked --extra test --extra ray --extra postgres
 	touch $@
 
 ## refresh uv.lock to the newest versions pyproject.toml allows, then install them
@@ -71,20 +84,33 @@ ui: install
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
-## for jobs elsewhere, on purpose and with no auth: make server HOST=0.0.0.0 ALLOWED_HOSTS=<name>
-server: ui
+## a shared tracking server on PostgreSQL (the project's own cluster in mlruns/postgres/, or
+## DB=postgresql://…), artifacts proxied; on 127.0.0.1 unless HOST=0.0.0.0 ALLOWED_HOSTS=<name>
+server: install-extras
+	$(PY) -m pipeline.server --port $(PORT) --pg-port $(PG_PORT) $(if $(DB),--db "$(DB)") \
+	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
-## a tracked sweep (SWEEP=grid|tweaks16|best|smoke); data is prepared once, first
-sweep: install
+## a tracked sweep (SWEEP=grid|tweaks16|best|smoke); data is prepared once, first.
+## LAUNCHER=ray: on the Ray cluster at RAY_ADDRESS (a local one when unset; WORKERS=<n> CPUs);
+## LAUNCHER=slurm (conf/hydra/launcher/slurm.yaml) or submitit_local; default: joblib, here
+sweep: $(if $(filter ray,$(LAUNCHER)),install-extras,install)
 	$(PY) -m pipeline stages=[download,preprocess]
-	$(PY) -m pipeline sweep=$(SWEEP) $(ARGS)
+	$(PY) -m pipeline sweep=$(SWEEP) \
+	  $(if $(LAUNCHER),hydra/launcher=$(if $(filter ray,$(LAUNCHER)),ray_cluster,$(LAUNCHER))) \
+	  $(if $(and $(filter ray,$(LAUNCHER)),$(WORKERS)),++hydra.launcher.ray.init.num_cpus=$(WORKERS)) \
+	  $(ARGS)
 
-## the whole test suite, slow tests on real MNIST included
-test: install
+## an Optuna search (SEARCH=classic16|wide|smoke; WORKERS=<n> processes; resumable)
+search: install
+	$(PY) -m pipeline search=$(SEARCH) $(if $(WORKERS),search.workers=$(WORKERS)) $(ARGS)
+
+## the whole test suite, slow tests on real MNIST, PostgreSQL and Ray included
+test: install-extras
 	$(PY) -m pytest $(ARGS)
 
 ## the suite without the slow tests
-test-fast: install
+test-fast: install-extras
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 clean:

@@ -85,7 +85,17 @@ def process_alive(pid: int, started: str = "") -> bool:
         return False
     except PermissionError:  # alive, but another user's
         return True
+    if _state(pid) in ("Z", "X"):  # ended; only its parent has not collected it yet
+        return False
     return not started or process_start(pid) in ("", started)
+
+
+def _state(pid: int) -> str:
+    """Linux: the state letter of /proc/<pid>/stat (R, S, D, Z, ...); "" where unreadable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def process_start(pid: int) -> str:

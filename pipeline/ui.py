@@ -184,7 +184,7 @@ def stop_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
         _signal_group(pgid, signal.SIGKILL)
 
 
-def run_server(command: list[str]) -> int:
+def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
     """Run command in a new process group until it exits or we are told to stop.
 
     Returns the server's exit status, or 0 when a signal asked us to stop. Either way no
@@ -203,7 +203,7 @@ def run_server(command: list[str]) -> int:
     for sig in STOP_SIGNALS:
         signal.signal(sig, request_stop)
     # A session of its own: the terminal's Ctrl-C reaches us only, and we stop the server.
-    server = subprocess.Popen(command, start_new_session=True)
+    server = subprocess.Popen(command, start_new_session=True, env=env)
     try:
         if stop_requested:
             _signal_group(server.pid, signal.SIGTERM)
@@ -216,8 +216,8 @@ def run_server(command: list[str]) -> int:
     return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The MLflow UI over the project's store.")
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """--port, --host, --allowed-hosts: where a server of ours listens, and for whom."""
     # A string default goes through type=int too: a bad PORT is a usage error, not a traceback.
     parser.add_argument("--port", type=int, default=os.environ.get("PORT", "5000"))
     parser.add_argument("--host", default="127.0.0.1",
@@ -228,18 +228,30 @@ def main(argv: list[str] | None = None) -> int:
                              "use in MLFLOW_TRACKING_URI (default: MLflow's localhost and "
                              "private IPs)")
     parser.add_argument("--mlruns", default="mlruns", help="the store folder (default: mlruns/)")
+
+
+def check_network(args) -> str | None:
+    """Check the network options (UsageError if wrong); warn if exposed; return the value
+    of MLflow's --allowed-hosts."""
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: a port is a number from 1 to 65535")
+    allowed = (allowed_hosts_value(args.allowed_hosts, args.port)
+               if args.allowed_hosts is not None else None)
+    check_port(args.host, args.port)
+    if not is_loopback(args.host):
+        print(exposure_warning(args.host, args.port, allowed), file=sys.stderr, flush=True)
+    return allowed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The MLflow UI over the project's store.")
+    add_network_options(parser)
     args = parser.parse_args(argv)
     try:
-        if not 1 <= args.port <= 65535:
-            raise UsageError(f"--port {args.port}: a port is a number from 1 to 65535")
-        allowed = (allowed_hosts_value(args.allowed_hosts, args.port)
-                   if args.allowed_hosts is not None else None)
-        check_port(args.host, args.port)
+        allowed = check_network(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not is_loopback(args.host):
-        print(exposure_warning(args.host, args.port, allowed), file=sys.stderr, flush=True)
     mlruns = from_root(args.mlruns)
     mlruns.mkdir(parents=True, exist_ok=True)
     print(f"MLflow UI: {local_url(args.host, args.port)}   (tracking URI for jobs elsewhere: "

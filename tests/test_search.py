@@ -1,0 +1,156 @@
+"""`make search` as a user runs it (python -m pipeline search=smoke), checked in Optuna's
+storage and in MLflow: one child per trial, pruned ones shown as such, resumable."""
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.paths import PROJECT_ROOT
+
+
+def search(tmp_path, *overrides, env_extra=None, timeout=600):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+           **(env_extra or {})}
+    command = [sys.executable, "-m", "pipeline", "search=smoke", f"paths.data_dir={tmp_path / 'data'}",
+               f"paths.mlruns_dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'out'}", *overrides]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def the_study(storage: str) -> optuna.Study:
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def search_runs(tracking_uri: str, experiment: str = "search-smoke"):
+    """(parent run, children by run id) of the one search in the experiment."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "search"]
+    children = {r.info.run_id: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(children) == len(runs) - 1, "every run of the experiment is a child of the search"
+    return parent, children
+
+
+def check_one_child_per_trial(study: optuna.Study, parent, children, n_trials: int) -> Counter:
+    """Every finished trial is one child run, of the state the trial ended in; nothing
+    duplicated, nothing lost. Returns the trial states counted."""
+    trials = study.get_trials()
+    states = Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] + states["PRUNED"] == n_trials
+    by_trial = Counter(r.data.tags["optuna_trial"] for r in children.values())
+    assert max(by_trial.values()) == 1, f"a trial logged twice: {by_trial}"
+    for trial in trials:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.state.name == "COMPLETE":
+            run = children[run_id]
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+            assert "test_accuracy" in run.data.metrics
+        elif trial.state.name == "PRUNED":
+            run = children[run_id]
+            assert run.info.status == "KILLED"
+            assert run.data.tags["stopped_reason"].startswith("pruned at epoch")
+            assert run.info.run_name.endswith("· pruned")
+            assert "test_accuracy" not in run.data.metrics  # test is measured on finished runs only
+        elif run_id is not None:  # FAIL: a run that exists says why
+            run = children[run_id]
+            assert run.info.status in ("FAILED", "KILLED")
+            assert run.data.tags.get("failure_reason")
+    logged = {t.user_attrs.get("mlflow_run_id") for t in trials} - {None}
+    assert set(children) == logged, "a child run that no trial owns"
+    assert parent.info.status == "FINISHED"
+    return states
+
+
+def test_a_search_is_one_parent_with_a_child_per_trial_and_resumes(tmp_path):
+    done = search(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    study = the_study(storage)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    parent, children = search_runs(uri)
+    states = check_one_child_per_trial(study, parent, children, 8)
+    assert states["PRUNED"] >= 1, "the median pruner stopped no trial of the smoke space"
+    # the best child is the best COMPLETE trial, by validation accuracy
+    best = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert parent.data.tags["best_child_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert parent.data.tags["best_trial"] == str(best.number)
+    assert parent.data.metrics["trials_pruned"] == states["PRUNED"]
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "summary")}
+    assert {"summary/trials.csv", "summary/results.md"} <= artifacts
+
+    # The same command again: the study is complete, nothing is trained twice.
+    again = search(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "8 of 8 trials done" in again.stdout + again.stderr
+    assert len(the_study(storage).trials) == len(study.trials)
+    parent_again, children_again = search_runs(uri)
+    assert parent_again.info.run_id == parent.info.run_id and set(children_again) == set(children)
+
+    # More trials asked of the same study: it grows to them, under the same parent.
+    more = search(tmp_path, "search.n_trials=10")
+    assert more.returncode == 0, more.stderr[-3000:]
+    parent_more, children_more = search_runs(uri)
+    assert parent_more.info.run_id == parent.info.run_id
+    check_one_child_per_trial(the_study(storage), parent_more, children_more, 10)
+
+
+def test_two_workers_share_one_study(tmp_path):
+    done = search(tmp_path, "search.workers=2", "search.n_trials=10")
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = the_study(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    parent, children = search_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    check_one_child_per_trial(study, parent, children, 10)
+    workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
+    assert len(workers) == 2, f"trials ran in {workers}"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{low:1,high:0.1}", "search.space.train.learning_rate: low < high"),
+    ("{low:0,high:1,log:true}", "a log range needs low > 0"),
+    ("{low:fast,high:1}", "low < high"),
+])
+def test_a_bad_search_space_is_named_and_exits_2(tmp_path, entry, message):
+    done = search(tmp_path, f"search.space={{train.learning_rate:{entry}}}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert message in output and "Traceback" not in output
+    assert not (tmp_path / "mlruns" / "optuna.db").exists(), "a study was started anyway"
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"train.learning_rat": {"low": 0.1, "high": 1}}, "not a setting a trial can vary"),
+    ({"paths.data_dir": {"choices": ["a"]}}, "search.space.paths.data_dir: not a setting"),
+    ({"train.batch_size": {"low": 1.5, "high": 10}}, "ints (the setting is int)"),
+    ({"model.activation": {"choices": []}}, "choices must be a non-empty list"),
+    ({"model.activation": "relu"}, "must be {low, high[, log]} or {choices: [...]}"),
+    ({}, "search.space: empty"),
+])
+def test_each_bad_space_entry_is_named(make_cfg, space, message):
+    cfg = make_cfg("search=smoke")
+    cfg.search.space = space
+    with pytest.raises(PipelineError) as error:
+        config.validate(cfg, {"preprocess": None, "search": None})
+    assert message in str(error.value)
+
+
+def test_the_space_takes_each_settings_type(make_cfg):
+    cfg = make_cfg("search=smoke")
+    cfg.search.space = {"train.learning_rate": {"low": 0.1, "high": 1, "log": True},
+                        "train.epochs": {"low": 2, "high": 9}, "train.momentum": {"low": 0, "high": 1},
+                        "model.hidden_sizes": {"choices": [[8], [16, 16]]}}
+    space = config.search_space(cfg)
+    assert space["train.learning_rate"]["type"] == "float"
+    assert space["train.epochs"]["type"] == "int"
+    assert space["train.momentum"]["type"] == "float"  # 0 and 1 written as ints, still a float
+    assert space["model.hidden_sizes"] == {"choices": [[8], [16, 16]]}
