@@ -79,7 +79,10 @@ class Cluster:
         try:
             _run([str(bindir() / "initdb"), "-D", str(self.data), "-U", ROLE, "--pwfile", str(pwfile),
                   "--auth-host=scram-sha-256", "--auth-local=reject", "-E", "UTF8",
-                  "--no-instructions"], "initdb")
+                  "--no-instructions"],
+                 f"initdb in {self.data}" + (f" as user {SYSTEM_USER} (as root, every folder "
+                                             "above it must let that user in: chmod o+x)"
+                                             if os.geteuid() == 0 else ""))
         finally:
             pwfile.unlink(missing_ok=True)
         self.secret.write_text(password + "\n")

@@ -1,0 +1,188 @@
+"""Past one machine, for real: `make server` (a PostgreSQL cluster of the project's own plus
+`mlflow server` with proxied artifacts), a sweep on a local Ray cluster of 2 workers logging
+to it, and a 2-worker Optuna search on the same database, one worker killed with SIGKILL.
+
+Needs Debian's postgresql and the ray/postgres extras (`make test` installs both; .ci/run
+installs PostgreSQL). Skipped where they are missing, except under CI=true: a failure there.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from helpers import free_port
+from mlflow.tracking import MlflowClient
+from test_search import check_one_child_per_trial, search_runs
+
+from pipeline import postgres
+from pipeline.errors import PipelineError
+from pipeline.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _require(what: str, check) -> None:
+    try:
+        check()
+    except (ImportError, PipelineError) as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what} is missing in CI: {e}")
+        pytest.skip(f"{what} is not installed here: {e}")
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, seconds: int = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"make server died:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"the tracking server did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`python -m pipeline.server` (what `make server` runs) on free ports, in a folder the
+    postgres user can reach (pytest's own temp folders are private to root)."""
+    _require("PostgreSQL", postgres.bindir)
+    _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-server-"))
+    folder.chmod(0o755)
+    port, pg_port = free_port(), free_port()
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.server", "--port", str(port), "--pg-port", str(pg_port),
+             "--mlruns", str(folder / "mlruns")],
+            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log)
+        cluster = postgres.Cluster(folder / "mlruns" / "postgres")
+        yield SimpleNamespace(uri=url, optuna=cluster.url(pg_port, "optuna"), folder=folder,
+                              cluster=cluster, log=log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    try:
+        assert process.returncode == 0, log.read_text()[-3000:]
+        assert cluster.port() is None, "the server left its PostgreSQL cluster running"
+        assert "127.0.0.1" in (folder / "mlruns" / "postgres" / "data" / "postmaster.opts").read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _env(server) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    for name in ("PIPELINE_DATA_MIRROR", "RAY_ADDRESS"):
+        env.pop(name, None)
+    return env
+
+
+def test_a_ray_sweep_logs_each_job_once_to_the_postgres_server(server, tmp_path):
+    _require("the ray extra", lambda: __import__("hydra_plugins.hydra_ray_launcher.ray_launcher"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sweep=smoke", "hydra/launcher=ray_cluster",
+         "++hydra.launcher.ray.init.num_cpus=2", "tracking.experiment=ray-smoke",
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=PROJECT_ROOT, env=_env(server), capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    ray_workers = set(re.findall(r"\(_run_job pid=(\d+)", output))
+    assert len(ray_workers) == 2, f"jobs ran in Ray workers {ray_workers}"
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("ray-smoke")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(runs) == 1 + len(children)
+    jobs = sorted((r.data.params["model.hidden_sizes"], r.data.tags["model_family"]) for r in children)
+    assert jobs == sorted((h, f) for h in ("[8]", "[16]") for f in ("numpy_mlp", "sklearn_mlp"))
+    assert {r.info.status for r in children} == {"FINISHED"}
+    # Artifacts went through the server (no shared disk needed), into its own store.
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in children)
+    assert list((server.folder / "mlruns" / "server-artifacts").rglob("MLmodel"))
+    # The evaluate stage loaded each model back through the server and scored it.
+    for run in client.search_runs([experiment.experiment_id], "tags.evaluated = 'true'"):
+        assert run.data.metrics["eval_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert len(client.search_runs([experiment.experiment_id], "tags.evaluated = 'true'")) == 4
+    assert parent.data.tags.get("registered_model", "").startswith("digits-classifier v")
+
+
+def _started_workers(log: Path, launcher: subprocess.Popen, seconds: int = 120) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = re.search(r"workers started \(pids (\d+), (\d+)\)", log.read_text())
+        if found:
+            return [int(found[1]), int(found[2])]
+        assert launcher.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    pytest.fail("the search started no workers:\n" + log.read_text()[-3000:])
+
+
+def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_path):
+    n_trials = 12
+    command = [sys.executable, "-m", "pipeline", "search=smoke", f"search.n_trials={n_trials}",
+               f"search.storage={server.optuna}", "train.epochs=150", "tracking.experiment=search-pg",
+               f"paths.data_dir={tmp_path / 'data'}", f"paths.mlruns_dir={tmp_path / 'mlruns'}",
+               f"hydra.run.dir={tmp_path / 'out'}"]
+    log = tmp_path / "search.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen([*command, "search.workers=2"], cwd=PROJECT_ROOT, env=_env(server),
+                                    stdout=out, stderr=subprocess.STDOUT)
+    try:
+        victim = _started_workers(log, launcher)[1]
+        # Kill the worker in the middle of a trial that has survived the pruner for a while.
+        deadline, storage, killed = time.monotonic() + 600, server.optuna, None
+        while killed is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                (summary,) = optuna.get_all_study_summaries(storage)
+            except ValueError:
+                continue  # no study yet
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.user_attrs.get("worker", "").endswith(f":{victim}") and (trial.last_step or 0) >= 3:
+                    os.kill(victim, signal.SIGKILL)
+                    killed = trial.number
+                    break
+        assert killed is not None, "no trial of the second worker got past epoch 3"
+        launcher.wait(timeout=900)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    output = log.read_text()
+    # The study went on without the killed worker, and the launcher says what happened.
+    assert launcher.returncode == 1, output[-3000:]
+    assert f"pid {victim}) ended with killed by signal 9" in output
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert study.trials[killed].state == optuna.trial.TrialState.FAIL  # stale heartbeat
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == n_trials
+
+    # The same command again resumes: nothing left to train; it summarises and closes.
+    again = subprocess.run(command, cwd=PROJECT_ROOT, env=_env(server), capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert f"{n_trials} of {n_trials} trials done" in again.stdout + again.stderr
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    parent, children = search_runs(server.uri, "search-pg")
+    check_one_child_per_trial(study, parent, children, n_trials)
+    killed_run = children[study.trials[killed].user_attrs["mlflow_run_id"]]
+    assert killed_run.info.status == "KILLED"
+    assert killed_run.data.tags["failure_reason"].startswith("interrupted")
+    assert all(r.info.status != "RUNNING" for r in children.values())
+    assert not (tmp_path / "mlruns" / "optuna.db").exists(), "the study went to SQLite"
