@@ -37,6 +37,15 @@ def bindir() -> Path:
                         "Ubuntu), or give an existing database: make server DB=postgresql://…")
 
 
+def sqlalchemy_url(url: str) -> str:
+    """postgresql://… as SQLAlchemy needs it for psycopg 3 (the postgres extra's driver);
+    any other URL as it is."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 def _as_owner(command: list[str]) -> list[str]:
     return ["runuser", "-u", SYSTEM_USER, "--", *command] if os.geteuid() == 0 else command
 

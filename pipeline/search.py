@@ -38,12 +38,13 @@ import warnings
 
 import mlflow
 import optuna
+import sqlalchemy
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline import config, preprocess, sweep, tracking, train
+from pipeline import config, postgres, preprocess, sweep, tracking, train
 from pipeline.engine import DivergenceError
 from pipeline.errors import PipelineError, RunFailed, RunStopped
 from pipeline.paths import from_root
@@ -71,7 +72,12 @@ class SurplusTrial(Exception):
 def run(cfg, results: dict) -> str:
     """Run (or resume) the study; return the parent run id."""
     study = open_study(cfg)
-    parent = open_parent(cfg, study, owner=cfg.search.summarize)
+    try:
+        parent = open_parent(cfg, study, owner=cfg.search.summarize)
+    except mlflow.exceptions.MlflowException as e:
+        raise PipelineError(f"search: cannot open the parent run in {tracking.tracking_uri(cfg)}: "
+                            f"{str(e)[:300]}. Nothing was run; check MLFLOW_TRACKING_URI (is the "
+                            "server up? is the store writable?)") from e
     if cfg.search.workers > 1:
         ended = launch_workers(cfg)
     else:
@@ -88,8 +94,8 @@ def run(cfg, results: dict) -> str:
 # ---- the study ------------------------------------------------------------------------------
 
 def storage_url(cfg) -> str:
-    return (cfg.search.storage or os.environ.get("OPTUNA_STORAGE")
-            or f"sqlite:///{from_root(cfg.paths.mlruns_dir) / 'optuna.db'}")
+    return postgres.sqlalchemy_url(cfg.search.storage or os.environ.get("OPTUNA_STORAGE")
+                                   or f"sqlite:///{from_root(cfg.paths.mlruns_dir) / 'optuna.db'}")
 
 
 def shown_url(url: str) -> str:
@@ -127,8 +133,10 @@ def open_study(cfg) -> optuna.Study:
                                              grace_period=GRACE_SECONDS)
         study = optuna.create_study(study_name=study_name(cfg), storage=storage,
                                     direction="maximize", load_if_exists=True)
-    except (ImportError, optuna.exceptions.StorageInternalError, ValueError) as e:
-        raise PipelineError(f"search: cannot open the study storage {shown_url(url)}: {e}. "
+    except (ImportError, optuna.exceptions.StorageInternalError, ValueError,
+            sqlalchemy.exc.SQLAlchemyError) as e:
+        reason = str(e).split("\n(Background")[0].strip()
+        raise PipelineError(f"search: cannot open the study storage {shown_url(url)}: {reason}. "
                             "Set search.storage (or OPTUNA_STORAGE) to a reachable database, "
                             "e.g. the one `make server` prints") from e
     # Seeded by the worker and the trials already there: two workers, or a resumed

@@ -25,14 +25,11 @@ from pipeline.paths import from_root
 
 
 def backend_url(db: str) -> str:
-    """A PostgreSQL URL for SQLAlchemy with psycopg 3 (the postgres extra's driver)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if db.startswith(prefix):
-            return "postgresql+psycopg://" + db.removeprefix(prefix)
-    if db.startswith("postgresql+psycopg://"):
-        return db
-    raise ui.UsageError(f"--db {db.split('@')[-1]}: give a PostgreSQL URL, "
-                        "postgresql://user:password@host:port/database")
+    url = postgres.sqlalchemy_url(db)
+    if not url.startswith("postgresql+psycopg://"):
+        raise ui.UsageError(f"--db {db.split('@')[-1]}: give a PostgreSQL URL, "
+                            "postgresql://user:password@host:port/database")
+    return url
 
 
 def server_command(args, artifacts: Path, allowed: str | None) -> list[str]:

@@ -10,6 +10,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers import free_port
+
 from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
@@ -154,3 +156,22 @@ def test_the_space_takes_each_settings_type(make_cfg):
     assert space["train.epochs"]["type"] == "int"
     assert space["train.momentum"]["type"] == "float"  # 0 and 1 written as ints, still a float
     assert space["model.hidden_sizes"] == {"choices": [[8], [16, 16]]}
+
+
+def test_an_unreachable_storage_or_tracking_server_exits_2_before_any_trial(tmp_path):
+    down = free_port()  # nothing listens there
+    done = search(tmp_path, f"search.storage=postgresql://user:s3cret@127.0.0.1:{down}/optuna")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert f"cannot open the study storage postgresql+psycopg://user@127.0.0.1:{down}/optuna" in output
+    assert "Connection refused" in output
+    assert "s3cret" not in output and "Traceback" not in output
+
+    done = search(tmp_path, env_extra={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{down}",
+                                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert "cannot open the parent run" in output and "Traceback" not in output
+    study = the_study(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert not study.trials, "a trial ran without a parent"
