@@ -112,6 +112,7 @@ class SearchConfig:
     workers: int = 1  # worker processes on this machine (other machines: the same command)
     worker_index: int = 0  # set per worker process; seeds its sampler
     summarize: bool = True  # false for workers started by a search, which summarises itself
+    study: Optional[str] = None  # default: <preset>-<key of space, overrides, code>
     sampler: str = "tpe"
     pruner: str = "median"
     pruner_startup_trials: int = 5  # trials that run to the end before any is pruned

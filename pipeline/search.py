@@ -58,7 +58,7 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 # Overrides that say how to run the search, not what it searches: a study is the same
 # study whatever they are (more trials or workers extend it).
 _HOW = ("search.n_trials", "search.workers", "search.worker_index", "search.summarize",
-        "search.storage", "stages", "hydra.", "paths.")
+        "search.study", "search.storage", "stages", "hydra.", "paths.")
 
 
 class Pruned(RunStopped):
@@ -79,12 +79,15 @@ def run(cfg, results: dict) -> str:
                             f"{str(e)[:300]}. Nothing was run; check MLFLOW_TRACKING_URI (is the "
                             "server up? is the store writable?)") from e
     if cfg.search.workers > 1:
-        ended = launch_workers(cfg)
+        ended = launch_workers(cfg, study)
     else:
         ended = []
         work(cfg, study, parent)
-    if cfg.search.summarize and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        summarize(cfg, study, parent)
+    if cfg.search.summarize:
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            log.info("search: trials still run elsewhere; the worker that ends last summarises")
+        else:
+            summarize(cfg, study, parent)
     if ended:
         raise RunFailed("search: " + "; ".join(ended) + " (the study went on without them; "
                         "rerun the same command to finish or summarise it)")
@@ -114,7 +117,10 @@ def base_overrides() -> list[str]:
 
 
 def study_name(cfg) -> str:
-    """<preset>-<key>: the key covers the space, the overrides and the code + lock."""
+    """<preset>-<key>: the key covers the space, the overrides and the code + lock (a
+    launcher names its study to its workers: search.study)."""
+    if cfg.search.study:
+        return cfg.search.study
     preset = str(HydraConfig.get().runtime.choices.get("search") or "custom")
     space = OmegaConf.to_container(cfg.search.space, resolve=True)
     key = hashlib.sha256(json.dumps([preset, space, sorted(base_overrides()),
@@ -136,6 +142,8 @@ def open_study(cfg) -> optuna.Study:
     except (ImportError, optuna.exceptions.StorageInternalError, ValueError,
             sqlalchemy.exc.SQLAlchemyError) as e:
         reason = str(e).split("\n(Background")[0].strip()
+        if isinstance(e, ImportError) or "Failed to import DB access module" in reason:
+            reason += " (PostgreSQL needs the postgres extra: make install-extras)"
         raise PipelineError(f"search: cannot open the study storage {shown_url(url)}: {reason}. "
                             "Set search.storage (or OPTUNA_STORAGE) to a reachable database, "
                             "e.g. the one `make server` prints") from e
@@ -189,17 +197,18 @@ def open_parent(cfg, study: optuna.Study, owner: bool) -> str:
 
 # ---- workers ----------------------------------------------------------------------------
 
-def launch_workers(cfg) -> list[str]:
+def launch_workers(cfg, study: optuna.Study) -> list[str]:
     """Run search.workers worker processes of this command here; wait for them; return a
     line per worker that did not end well."""
     run_dir = HydraConfig.get().runtime.output_dir
     overrides = [str(o) for o in HydraConfig.get().overrides.task
-                 if not str(o).startswith(("search.workers", "search.worker_index",
+                 if not str(o).startswith(("search.workers", "search.worker_index", "search.study",
                                            "search.summarize", "stages", "hydra.run.dir"))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     workers = [subprocess.Popen(
         [sys.executable, "-m", "pipeline", *overrides, "stages=[search]", "search.workers=1",
-         f"search.worker_index={i}", "search.summarize=false", f"hydra.run.dir={run_dir}/worker-{i}"],
+         f"search.worker_index={i}", "search.summarize=false", f"search.study={study.study_name}",
+         f"hydra.run.dir={run_dir}/worker-{i}"],
         env=env) for i in range(cfg.search.workers)]
     log.info("search: %d workers started (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers))
     ended = []
