@@ -117,16 +117,11 @@ def test_two_workers_share_one_study(tmp_path):
     assert len(workers) == 2, f"trials ran in {workers}"
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("{low:1,high:0.1}", "search.space.train.learning_rate: low < high"),
-    ("{low:0,high:1,log:true}", "a log range needs low > 0"),
-    ("{low:fast,high:1}", "low < high"),
-])
-def test_a_bad_search_space_is_named_and_exits_2(tmp_path, entry, message):
-    done = search(tmp_path, f"search.space={{train.learning_rate:{entry}}}")
+def test_a_bad_search_space_is_named_and_exits_2(tmp_path):
+    done = search(tmp_path, "search.space={train.learning_rate:{low:1,high:0.1}}")
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-2000:]
-    assert message in output and "Traceback" not in output
+    assert "search.space.train.learning_rate: low < high" in output and "Traceback" not in output
     assert not (tmp_path / "mlruns" / "optuna.db").exists(), "a study was started anyway"
 
 
@@ -134,6 +129,8 @@ def test_a_bad_search_space_is_named_and_exits_2(tmp_path, entry, message):
     ({"train.learning_rat": {"low": 0.1, "high": 1}}, "not a setting a trial can vary"),
     ({"paths.data_dir": {"choices": ["a"]}}, "search.space.paths.data_dir: not a setting"),
     ({"train.batch_size": {"low": 1.5, "high": 10}}, "ints (the setting is int)"),
+    ({"train.learning_rate": {"low": 0, "high": 1, "log": True}}, "a log range needs low > 0"),
+    ({"train.learning_rate": {"low": "fast", "high": 1}}, "low < high"),
     ({"model.activation": {"choices": []}}, "choices must be a non-empty list"),
     ({"model.activation": "relu"}, "must be {low, high[, log]} or {choices: [...]}"),
     ({}, "search.space: empty"),
