@@ -87,7 +87,7 @@ ui: install
 ## a shared tracking server on PostgreSQL (the project's own cluster in mlruns/postgres/, or
 ## DB=postgresql://…), artifacts proxied; on 127.0.0.1 unless HOST=0.0.0.0 ALLOWED_HOSTS=<name>
 server: install-extras
-	$(PY) -m pipeline.server --port $(PORT) --pg-port $(PG_PORT) $(if $(DB),--db "$(DB)") \
+	$(if $(DB),PIPELINE_DB="$$DB") $(PY) -m pipeline.server --port $(PORT) --pg-port $(PG_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 

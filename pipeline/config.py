@@ -210,6 +210,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "search.pruner_startup_trials": at_least(0),
     "search.pruner_warmup_epochs": at_least(0),
     "search.seed": at_least(0),
+    "search.study": NAME,
 }
 
 

@@ -65,18 +65,27 @@ class Cluster:
         self.log = folder / "postgres.log"
         self.secret = folder / "password"
 
-    def url(self, port: int, database: str) -> str:
-        """The SQLAlchemy URL of one database (psycopg 3), password included."""
-        return (f"postgresql+psycopg://{ROLE}:{self.secret.read_text().strip()}"
-                f"@127.0.0.1:{port}/{database}")
+    def url(self, port: int, database: str, password: str | None = None) -> str:
+        """The SQLAlchemy URL of one database (psycopg 3), with the password (or the text
+        given instead of it, for showing)."""
+        password = self.secret.read_text().strip() if password is None else password
+        return f"postgresql+psycopg://{ROLE}:{password}@127.0.0.1:{port}/{database}"
 
     def initialised(self) -> bool:
-        return (self.data / "PG_VERSION").exists() and self.secret.exists()
+        """True for a cluster initdb finished (PG_VERSION is written last); a cluster with
+        data but no password file is an error, never a reason to start afresh."""
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        if not self.secret.exists():
+            raise PipelineError(f"the PostgreSQL cluster in {self.data} has no password file "
+                                f"{self.secret}: restore it (the role is `{ROLE}`), or remove "
+                                f"{self.folder} to start a new, empty cluster")
+        return True
 
     def initialise(self) -> None:
         """initdb: the role `pipeline` with a new password; host logins by password only."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.data.exists():  # an initdb that died half-way: start again
+        if self.data.exists():  # an initdb that died half-way (no PG_VERSION): start again
             shutil.rmtree(self.data)
         password = secrets.token_urlsafe(24)
         pwfile = self.folder / ".initdb-password"

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,7 +59,7 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 # Overrides that say how to run the search, not what it searches: a study is the same
 # study whatever they are (more trials or workers extend it).
 _HOW = ("search.n_trials", "search.workers", "search.worker_index", "search.summarize",
-        "search.study", "search.storage", "stages", "hydra.", "paths.")
+        "search.study", "search.storage", "stages", "hydra.")
 
 
 class Pruned(RunStopped):
@@ -78,14 +79,25 @@ def run(cfg, results: dict) -> str:
         raise PipelineError(f"search: cannot open the parent run in {tracking.tracking_uri(cfg)}: "
                             f"{str(e)[:300]}. Nothing was run; check MLFLOW_TRACKING_URI (is the "
                             "server up? is the store writable?)") from e
-    if cfg.search.workers > 1:
-        ended = launch_workers(cfg, study)
-    else:
-        ended = []
-        work(cfg, study, parent)
+    try:
+        if cfg.search.workers > 1:
+            ended = launch_workers(cfg, study)
+        else:
+            ended = []
+            work(cfg, study, parent)
+    except BaseException as e:
+        if cfg.search.summarize:
+            close_parent(parent, "FAILED", f"{type(e).__name__}: {e}")
+        raise
     if cfg.search.summarize:
+        done = len(study.get_trials(deepcopy=False, states=DONE))
         if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             log.info("search: trials still run elsewhere; the worker that ends last summarises")
+        elif done < cfg.search.n_trials:
+            close_parent(parent, "FAILED", f"the study has {done} of {cfg.search.n_trials} trials: "
+                         + ("; ".join(ended) or "its workers stopped early"))
+            raise RunFailed(f"search: the study has {done} of {cfg.search.n_trials} trials; "
+                            "rerun the same command to go on")
         else:
             summarize(cfg, study, parent)
     if ended:
@@ -110,10 +122,12 @@ def shown_url(url: str) -> str:
     return f"{scheme}://{credentials.split(':')[0]}@{tail}"
 
 
-def base_overrides() -> list[str]:
-    """The command line's overrides that decide what a trial is."""
+def base_overrides(with_paths: bool = True) -> list[str]:
+    """The command line's overrides that a trial composes with (where its files are, too:
+    paths.*, which a study's key leaves out)."""
+    skip = _HOW if with_paths else (*_HOW, "paths.")
     return [str(o) for o in HydraConfig.get().overrides.task
-            if not str(o).lstrip("+~").startswith(_HOW)]
+            if not str(o).lstrip("+~").startswith(skip)]
 
 
 def study_name(cfg) -> str:
@@ -123,7 +137,7 @@ def study_name(cfg) -> str:
         return cfg.search.study
     preset = str(HydraConfig.get().runtime.choices.get("search") or "custom")
     space = OmegaConf.to_container(cfg.search.space, resolve=True)
-    key = hashlib.sha256(json.dumps([preset, space, sorted(base_overrides()),
+    key = hashlib.sha256(json.dumps([preset, space, sorted(base_overrides(with_paths=False)),
                                      tracking.code_digest()], sort_keys=True).encode())
     return f"{preset}-{key.hexdigest()[:10]}"
 
@@ -136,7 +150,8 @@ def open_study(cfg) -> optuna.Study:
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
                                              heartbeat_interval=HEARTBEAT_SECONDS,
-                                             grace_period=GRACE_SECONDS)
+                                             grace_period=GRACE_SECONDS,
+                                             heartbeat_stale_trial_callback=close_stale_run)
         study = optuna.create_study(study_name=study_name(cfg), storage=storage,
                                     direction="maximize", load_if_exists=True)
     except (ImportError, optuna.exceptions.StorageInternalError, ValueError,
@@ -185,14 +200,50 @@ def open_parent(cfg, study: optuna.Study, owner: bool) -> str:
             "kind": "search", "optuna_study": study.study_name, "mlflow.note.content": note,
             "optuna_storage": shown_url(storage_url(cfg)), "git_commit": tracking.git_commit()})
         parent = run.info.run_id
-        client.log_param(parent, "search.space", space[:6000])
-        client.log_param(parent, "search.overrides", " ".join(base_overrides())[:6000] or "-")
         study.set_user_attr("mlflow_parent_run_id", parent)
+        time.sleep(1)  # another machine may be creating the study's parent at this moment
+        winner = study.user_attrs["mlflow_parent_run_id"]  # read again: the last to set it wins
+        if winner != parent:
+            client.delete_run(parent)
+            parent = winner
+            return _own(client, parent, owner)
+        client.log_param(parent, "search.space", space[:6000])
+        client.log_param(parent, "search.overrides",
+                         " ".join(base_overrides(with_paths=False))[:6000] or "-")
+    return _own(client, parent, owner)
+
+
+def _own(client, parent: str, owner: bool) -> str:
     if owner:
         client.update_run(parent, status="RUNNING")
         for name, value in tracking.process_tags().items():
             client.set_tag(parent, name, value)
     return parent
+
+
+def close_parent(parent: str, status: str, reason: str) -> None:
+    client = mlflow.MlflowClient()
+    try:
+        client.set_tag(parent, "failure_reason", reason[:5000])
+        client.set_terminated(parent, status)
+    except mlflow.exceptions.MlflowException as e:  # the reason above is what matters
+        log.error("search: could not close parent run %s: %s", parent, e)
+
+
+def close_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna marked the trial FAIL (no heartbeat): its worker is gone, on whatever
+    machine; end its MLflow run KILLED too, with the reason."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure_reason", f"interrupted: trial {trial.number}'s "
+                           f"worker ({trial.user_attrs.get('worker', '?')}) stopped beating")
+            client.set_terminated(run_id, "KILLED")
+    except mlflow.exceptions.MlflowException as e:
+        log.warning("search: could not close run %s of stale trial %d: %s", run_id, trial.number, e)
 
 
 # ---- workers ----------------------------------------------------------------------------
@@ -203,21 +254,35 @@ def launch_workers(cfg, study: optuna.Study) -> list[str]:
     run_dir = HydraConfig.get().runtime.output_dir
     overrides = [str(o) for o in HydraConfig.get().overrides.task
                  if not str(o).startswith(("search.workers", "search.worker_index", "search.study",
-                                           "search.summarize", "stages", "hydra.run.dir"))]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                                           "search.summarize", "search.storage", "stages",
+                                           "hydra.run.dir"))]
+    # The storage URL may hold a password: to the workers by environment, not command line.
+    env = {**os.environ, "OPTUNA_STORAGE": storage_url(cfg),
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     workers = [subprocess.Popen(
         [sys.executable, "-m", "pipeline", *overrides, "stages=[search]", "search.workers=1",
          f"search.worker_index={i}", "search.summarize=false", f"search.study={study.study_name}",
          f"hydra.run.dir={run_dir}/worker-{i}"],
         env=env) for i in range(cfg.search.workers)]
     log.info("search: %d workers started (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers))
-    ended = []
-    for i, worker in enumerate(workers):
-        status = worker.wait()
-        if status:
-            how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
-            ended.append(f"worker {i} (pid {worker.pid}) ended with {how}")
-    return ended
+    stop = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        for worker in workers:
+            worker.wait()
+    finally:  # stopped ourselves (Ctrl-C, SIGTERM): no worker goes on unsupervised
+        signal.signal(signal.SIGTERM, stop)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in workers:
+            worker.wait()
+    return [f"worker {i} (pid {w.pid}) ended with " +
+            (f"killed by signal {-w.returncode}" if w.returncode < 0 else f"exit status {w.returncode}")
+            for i, w in enumerate(workers) if w.returncode]
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def work(cfg, study: optuna.Study, parent: str) -> None:
@@ -231,7 +296,8 @@ def work(cfg, study: optuna.Study, parent: str) -> None:
         optuna.storages.fail_stale_trials(study)
         done = len(study.get_trials(deepcopy=False, states=DONE))
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        failed = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                      if not t.user_attrs.get("surplus")])
         if done >= cfg.search.n_trials:
             return
         if failed > cfg.search.n_trials:
@@ -283,8 +349,22 @@ def objective(cfg, trial: optuna.Trial, space: dict, fixed: list[str], parent: s
         run_id = train.train_numpy(trial_cfg, datasets[key], report=report)
     except Pruned as e:
         raise optuna.TrialPruned(str(e)) from e
+    except Exception:
+        if "mlflow_run_id" not in trial.user_attrs:  # failed before its first epoch ended
+            link_run(trial)
+        raise
     trial.set_user_attr("mlflow_run_id", run_id)
     return mlflow.MlflowClient().get_run(run_id).data.metrics["val_accuracy"]
+
+
+def link_run(trial: optuna.Trial) -> None:
+    """Record the trial's MLflow run, found by its tags (the study name is a checked name)."""
+    experiment_ids = [e.experiment_id for e in mlflow.search_experiments()]
+    runs = mlflow.MlflowClient().search_runs(
+        experiment_ids, f"tags.optuna_study = '{trial.study.study_name}' and "
+                        f"tags.optuna_trial = '{trial.number}'", max_results=1)
+    if runs:
+        trial.set_user_attr("mlflow_run_id", runs[0].info.run_id)
 
 
 def suggest(trial: optuna.Trial, key: str, spec: dict):
@@ -315,7 +395,8 @@ def summarize(cfg, study: optuna.Study, parent: str) -> None:
             mlflow.log_text(frame.to_csv(index=False), "summary/trials.csv")
             mlflow.log_metrics({"trials_complete": len(done) - len(pruned),
                                 "trials_pruned": len(pruned),
-                                "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+                                "trials_failed": sum(t.state == TrialState.FAIL and
+                                                     not t.user_attrs.get("surplus") for t in trials),
                                 "pruned_at_epoch_mean": sum(epochs) / len(epochs) if epochs else 0})
             best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
             if best is not None:

@@ -1,7 +1,7 @@
 """`make server`: a shared MLflow tracking server on PostgreSQL, with proxied artifacts.
 
     python -m pipeline.server [--port 5000] [--host 127.0.0.1] [--allowed-hosts NAME,...]
-                              [--db postgresql://user:pw@host/db | --pg-port 5432]
+                              [--pg-port 5432]   (PIPELINE_DB=postgresql://user:pw@host/db for an existing database)
 
 Without --db it creates (once) and starts the project's own PostgreSQL cluster in
 mlruns/postgres/ (pipeline/postgres.py) and stops it again when the server stops. Jobs
@@ -42,8 +42,10 @@ def server_command(args, artifacts: Path, allowed: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="An MLflow tracking server on PostgreSQL.")
     ui.add_network_options(parser)
-    parser.add_argument("--db", help="an existing PostgreSQL database (default: the project's "
-                                     "own cluster in mlruns/postgres/)")
+    parser.add_argument("--db", default=os.environ.get("PIPELINE_DB"),
+                        help="an existing PostgreSQL database (default: $PIPELINE_DB, which "
+                             "keeps a password off the command line; else the project's own "
+                             "cluster in mlruns/postgres/)")
     parser.add_argument("--pg-port", type=int, default=5432,
                         help="the port of the project's own cluster (default 5432)")
     args = parser.parse_args(argv)
@@ -69,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow UI: {ui.local_url(args.host, args.port)}   backend: PostgreSQL "
               f"{backend.split('@')[-1]}, artifacts proxied to {artifacts}\n"
               f"  jobs log with MLFLOW_TRACKING_URI={url}", flush=True)
-        if cluster is not None:
-            print(f"  searches share OPTUNA_STORAGE={cluster.url(pg_port, 'optuna')}\n"
-                  f"  (the password is in {cluster.secret}, readable by you only)", flush=True)
+        if cluster is not None:  # the password stays in its file, off screens and logs
+            shown = cluster.url(pg_port, "optuna", password=f"$(cat {cluster.secret})")
+            print(f"  searches on this machine share the study database (it listens on "
+                  f"127.0.0.1 only):\n    export OPTUNA_STORAGE=\"{shown}\"", flush=True)
         # The backend URL holds a password: given in the environment, not on the command line.
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend}
         return ui.run_server(server_command(args, artifacts, allowed), env=env)

@@ -135,19 +135,22 @@ def _started_workers(log: Path, launcher: subprocess.Popen, seconds: int = 120) 
 
 
 def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_path):
-    n_trials = 12
+    n_trials = 8
+    # No pruner here (test_search covers it): every trial runs its 100 epochs, several
+    # seconds, so the worker is surely killed inside one.
     command = [sys.executable, "-m", "pipeline", "search=smoke", f"search.n_trials={n_trials}",
-               f"search.storage={server.optuna}", "train.epochs=150", "tracking.experiment=search-pg",
+               "search.pruner=none", "train.epochs=100", "tracking.experiment=search-pg",
                f"paths.data_dir={tmp_path / 'data'}", f"paths.mlruns_dir={tmp_path / 'mlruns'}",
                f"hydra.run.dir={tmp_path / 'out'}"]
+    env = {**_env(server), "OPTUNA_STORAGE": server.optuna}
     log = tmp_path / "search.log"
     with open(log, "w") as out:
-        launcher = subprocess.Popen([*command, "search.workers=2"], cwd=PROJECT_ROOT, env=_env(server),
-                                    stdout=out, stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen([*command, "search.workers=2"], cwd=PROJECT_ROOT, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    storage, running = server.optuna, (optuna.trial.TrialState.RUNNING,)
     try:
         victim = _started_workers(log, launcher)[1]
-        # Kill the worker in the middle of a trial that has survived the pruner for a while.
-        deadline, storage, killed = time.monotonic() + 600, server.optuna, None
+        deadline, killed = time.monotonic() + 600, None
         while killed is None and time.monotonic() < deadline:
             time.sleep(0.2)
             try:
@@ -155,16 +158,17 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
             except ValueError:
                 continue  # no study yet
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-                if trial.user_attrs.get("worker", "").endswith(f":{victim}") and (trial.last_step or 0) >= 3:
-                    os.kill(victim, signal.SIGKILL)
-                    killed = trial.number
-                    break
+            if any(t.user_attrs.get("worker", "").endswith(f":{victim}") and (t.last_step or 0) >= 3
+                   for t in study.get_trials(states=running)):
+                os.kill(victim, signal.SIGKILL)
+                time.sleep(1)  # the trial it died in: RUNNING until its heartbeat goes stale
+                (killed,) = [t.number for t in study.get_trials(states=running)
+                             if t.user_attrs.get("worker", "").endswith(f":{victim}")]
         assert killed is not None, "no trial of the second worker got past epoch 3"
         launcher.wait(timeout=900)
     finally:
         if launcher.poll() is None:
-            launcher.kill()
+            os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its workers
     output = log.read_text()
     # The study went on without the killed worker, and the launcher says what happened.
     assert launcher.returncode == 1, output[-3000:]
@@ -174,7 +178,7 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == n_trials
 
     # The same command again resumes: nothing left to train; it summarises and closes.
-    again = subprocess.run(command, cwd=PROJECT_ROOT, env=_env(server), capture_output=True,
+    again = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert f"{n_trials} of {n_trials} trials done" in again.stdout + again.stderr
@@ -184,5 +188,7 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     killed_run = children[study.trials[killed].user_attrs["mlflow_run_id"]]
     assert killed_run.info.status == "KILLED"
     assert killed_run.data.tags["failure_reason"].startswith("interrupted")
+    assert server.optuna.split("@")[0].split(":")[-1] not in output + again.stdout + again.stderr, \
+        "the database password was shown"
     assert all(r.info.status != "RUNNING" for r in children.values())
     assert not (tmp_path / "mlruns" / "optuna.db").exists(), "the study went to SQLite"

@@ -108,7 +108,9 @@ def test_a_search_is_one_parent_with_a_child_per_trial_and_resumes(tmp_path):
 
 
 def test_two_workers_share_one_study(tmp_path):
-    done = search(tmp_path, "search.workers=2", "search.n_trials=10")
+    # Trials of ~1 s: the other worker has started long before 10 of them are done.
+    done = search(tmp_path, "search.workers=2", "search.n_trials=10", "train.epochs=20",
+                  "search.pruner=none")
     assert done.returncode == 0, done.stderr[-3000:]
     study = the_study(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     parent, children = search_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
