@@ -26,6 +26,8 @@ EXPERIMENT_NOTE = (
 _SHARED = ["seed", "model.hidden_sizes", "model.activation", "train.epochs", "train.batch_size",
            "train.learning_rate", "train.momentum", "train.l2"]
 _OURS = ["model.cost", "model.init", "train.schedule", "train.dtype", "train.keep"]
+TWEAKS = ["train.warmup_epochs", "train.dropout_input", "train.dropout_hidden", "train.max_norm",
+          *(f"train.augment.{k}" for k in ("shift", "rotation", "scale", "shear", "elastic_alpha"))]
 _DATA = ["data.name", "data.validation_size", "data.test_size", "data.split_seed",
          "data.label_shuffle"]
 
@@ -48,6 +50,10 @@ def run_params(cfg, family: str) -> dict[str, str]:
     keys = _SHARED + (_OURS if family == "numpy_mlp" else []) + _DATA
     if family == "numpy_mlp" and cfg.train.schedule == "step":
         keys += ["train.step_every", "train.gamma"]
+    if family == "numpy_mlp":  # the tweaks a run uses (all off in the classic recipe)
+        keys += [key for key in TWEAKS if OmegaConf.select(cfg, key)]
+        if OmegaConf.select(cfg, "train.augment.elastic_alpha"):
+            keys.append("train.augment.elastic_sigma")
     params = {}
     for key in keys:
         value = OmegaConf.select(cfg, key)

@@ -22,7 +22,7 @@ from mlflow.models import infer_signature
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pipeline import baseline, metrics, preprocess, pyfunc_model, tracking
+from pipeline import baseline, describe, metrics, preprocess, pyfunc_model, tracking
 from pipeline.engine import DivergenceError, Network, SGDConfig, train
 from pipeline.errors import RunFailed
 from pipeline.paths import PROJECT_ROOT
@@ -36,7 +36,11 @@ def run(cfg, results: dict) -> list[str]:
     and the other family still trains; the failures go to results["failures"]."""
     data = preprocess.load(cfg)
     trainers = {"numpy_mlp": train_numpy}
-    if cfg.baseline.name == "sklearn_mlp":
+    tweaks = [key for key in describe.TWEAKS if OmegaConf.select(cfg, key)]
+    if cfg.baseline.name == "sklearn_mlp" and tweaks:
+        log.warning("train: no baseline: MLPClassifier has none of %s, so it would not run "
+                    "the same experiment", ", ".join(tweaks))
+    elif cfg.baseline.name == "sklearn_mlp":
         trainers["sklearn_mlp"] = baseline.train_sklearn
     run_ids = []
     for family, trainer in trainers.items():

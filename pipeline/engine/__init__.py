@@ -6,10 +6,11 @@ thread), so a logged model ships this folder and nothing more.
 """
 
 from .activations import ACTIVATIONS
+from .augment import AugmentConfig
 from .costs import COSTS
 from .errors import DivergenceError, EngineError
 from .network import INITS, Network
 from .sgd import SCHEDULES, SGDConfig, train
 
-__all__ = ["ACTIVATIONS", "COSTS", "INITS", "SCHEDULES", "DivergenceError", "EngineError",
+__all__ = ["ACTIVATIONS", "AugmentConfig", "COSTS", "INITS", "SCHEDULES", "DivergenceError", "EngineError",
            "Network", "SGDConfig", "train"]

@@ -100,6 +100,13 @@ class Network:
             blk[-1] = 0
         return mask
 
+    def limit_norms(self, c: float) -> None:
+        """Max-norm: scale each unit's incoming weight vector (a column of Wˡ) down to
+        ‖w‖ = c where it is longer; biases are left alone."""
+        for w in self.weights:
+            norms = np.sqrt(np.einsum("ij,ij->j", w, w))
+            w *= np.minimum(1, c / np.maximum(norms, np.finfo(w.dtype).tiny)).astype(w.dtype)
+
     def _initialize(self, rng: np.random.Generator) -> None:
         """Weights from INITS[init]; biases N(0, 1) for normal and scaled, else 0."""
         std_of, bias = INITS[self.init]
@@ -183,7 +190,8 @@ class Workspace:
     matmul and ∂C/∂[Wˡ; bˡ] = [aˡ⁻¹, 1]ᵀ δˡ is another.
     """
 
-    def __init__(self, net: Network, m: int, grad: np.ndarray):
+    def __init__(self, net: Network, m: int, grad: np.ndarray, dropout_input: float = 0.0,
+                 dropout_hidden: float = 0.0, rng: np.random.Generator | None = None):
         self.net, self.grad_blocks = net, net.split(grad)
         dt, hidden = net.dtype, net.sizes[1:-1]
         self.hidden = [np.ones((m, n + 1), dtype=dt) for n in hidden]  # [aˡ, 1]
@@ -191,6 +199,20 @@ class Workspace:
         self.out = np.empty((m, net.sizes[-1]), dtype=dt)
         self.deltas = [np.empty((m, n), dtype=dt) for n in net.sizes[1:]]
         self.scratch = np.empty_like(self.out)
+        # Dropout: a mask per layer, 1/(1 − p) for a kept unit and 0 for a dropped one.
+        self.keep_input, self.keep_hidden, self.rng = 1 - dropout_input, 1 - dropout_hidden, rng
+        if (dropout_input or dropout_hidden) and rng is None:
+            raise EngineError("dropout needs a random generator")
+        self.input_mask = np.empty((m, net.sizes[0]), dtype=dt) if dropout_input else None
+        self.masks = [np.empty((m, n), dtype=dt) for n in hidden] if dropout_hidden else None
+        self.scratch_hidden = [np.empty((m, n), dtype=dt) for n in hidden] if dropout_hidden else None
+
+    def _drop(self, a: np.ndarray, mask: np.ndarray, keep: float) -> None:
+        """a ⊙= mask, with mask = 1/keep where uniform < keep, else 0 (a fresh draw)."""
+        self.rng.random(out=mask, dtype=mask.dtype)
+        np.less(mask, keep, out=mask, casting="unsafe")
+        mask *= 1 / keep
+        a *= mask
 
     def backprop(self, x1: np.ndarray, onehot: np.ndarray, scale: float) -> None:
         """Write scale · Σ_rows ∂C_x/∂params into the gradient buffer.
@@ -199,10 +221,15 @@ class Workspace:
         buffer is the SGD step itself: params −= grad.
         """
         net, blocks, sigma = self.net, self.net.blocks, self.net.sigma
+        if self.input_mask is not None:  # dropped in place: x1 is the caller's batch copy
+            self._drop(x1[:, :-1], self.input_mask, self.keep_input)
         inputs = [x1, *self.hidden]  # [aˡ⁻¹, 1] for each layer l
         for l, z in enumerate(self.z):  # forward through the hidden layers
             np.dot(inputs[l], blocks[l], out=z)
-            sigma.fn(z, out=inputs[l + 1][:, :-1])
+            a = sigma.fn(z, out=inputs[l + 1][:, :-1])
+            if self.masks is not None:  # keep σ(z) undropped in z's buffer, for σ' below
+                np.copyto(z, a)
+                self._drop(a, self.masks[l], self.keep_hidden)
         a_out = net.C.output(np.dot(inputs[-1], blocks[-1], out=self.out), out=self.out)
         net.C.delta(a_out, onehot, scale, out=self.deltas[-1], scratch=self.scratch)  # δᴸ
 
@@ -211,7 +238,11 @@ class Workspace:
             if l:  # δˡ⁻¹ = δˡ Wˡᵀ ⊙ σ'(zˡ⁻¹); z's buffer is free by now, used as scratch
                 prev = self.deltas[l - 1]
                 np.dot(self.deltas[l], blocks[l][:-1].T, out=prev)
-                sigma.multiply_derivative(inputs[l][:, :-1], prev, self.z[l - 1])
+                if self.masks is None:
+                    sigma.multiply_derivative(inputs[l][:, :-1], prev, self.z[l - 1])
+                else:  # a dropped unit passes no error back: ⊙ its mask, then σ'(z) of σ(z)
+                    prev *= self.masks[l - 1]
+                    sigma.multiply_derivative(self.z[l - 1], prev, self.scratch_hidden[l - 1])
 
 
 def with_ones_column(x: np.ndarray) -> np.ndarray:

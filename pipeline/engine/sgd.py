@@ -4,6 +4,13 @@ Each epoch shuffles the training set by a permutation of indices (the data is ne
 reordered in place), walks it in mini-batches of m rows and steps once per batch. Options:
 momentum μ (v ← μv − η∇C, w ← w + v), L2 weight decay λ (the cost gains λ/2n Σ w²), and a
 learning-rate schedule over epochs (constant, step, cosine).
+
+The tweaks, all off by default (the classic recipe draws no extra random number with them
+off, so its results do not change): a linear learning-rate warm-up; dropout of input pixels
+and of hidden units while training (inverted: kept units are scaled by 1/(1 − p), so the
+network is used as it is at evaluation); max-norm, which keeps each unit's incoming weight
+vector at ‖w‖ ≤ c after every step; and data augmentation (augment.py), each training
+image distorted afresh every epoch. One generator draws every random number.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,6 +28,7 @@ try:  # optional: the engine needs only numpy and scipy (a logged model has no m
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
+from .augment import AugmentConfig, distort, image_side
 from .errors import DivergenceError, EngineError
 from .network import Network, Workspace
 
@@ -39,14 +47,27 @@ class SGDConfig:
     schedule: str = "constant"
     step_every: int = 10  # schedule=step: epochs between decays
     gamma: float = 0.5  # schedule=step: η multiplier at each decay
+    warmup_epochs: int = 0  # η rises linearly over these first epochs: η·(e + 1)/(k + 1)
+    dropout_input: float = 0.0  # p: each input pixel dropped with probability p
+    dropout_hidden: float = 0.0  # p: each hidden unit dropped with probability p
+    max_norm: float = 0.0  # c > 0: every unit's incoming weights kept at ‖w‖ ≤ c
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):  # from plain config data
+            self.augment = AugmentConfig(**self.augment)
 
     def eta(self, epoch: int) -> float:
         """The learning rate η for epoch (0-based)."""
         if self.schedule == "step":
-            return self.learning_rate * self.gamma ** (epoch // self.step_every)
-        if self.schedule == "cosine":
-            return self.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
-        return self.learning_rate
+            eta = self.learning_rate * self.gamma ** (epoch // self.step_every)
+        elif self.schedule == "cosine":
+            eta = self.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        else:
+            eta = self.learning_rate
+        if epoch < self.warmup_epochs:
+            eta *= (epoch + 1) / (self.warmup_epochs + 1)
+        return eta
 
 
 def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
@@ -66,7 +87,12 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
     grad = np.empty_like(net.params)
     velocity = np.zeros_like(net.params) if config.momentum else None
     decay = net.weight_mask() if config.l2 else None
-    workspaces = {m: Workspace(net, m, grad)}
+    augment = config.augment if config.augment.active else None
+    if augment is not None:
+        image_side(x.shape[1])  # fails early for rows that are not square images
+    dropout = {"dropout_input": config.dropout_input, "dropout_hidden": config.dropout_hidden,
+               "rng": rng}
+    workspaces = {m: Workspace(net, m, grad, **dropout)}
     chunk = max(m, _CHUNK_ROWS // m * m)
     x_chunk = np.ones((chunk, x.shape[1] + 1), dtype=net.dtype)  # [x, 1] rows
     y_chunk = np.empty((chunk, onehot.shape[1]), dtype=net.dtype)
@@ -84,11 +110,14 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
                 # mode="clip" writes straight into `out`; "raise" would buffer a copy.
                 np.take(x, idx, axis=0, out=x_chunk[:len(idx), :-1], mode="clip")
                 np.take(onehot, idx, axis=0, out=y_chunk[:len(idx)], mode="clip")
+                if augment is not None:  # the gathered copies, never the data set itself
+                    pixels = x_chunk[:len(idx), :-1]
+                    distort(pixels, augment, rng, out=pixels)
                 for b0 in range(0, len(idx), m):
                     b1 = min(b0 + m, len(idx))
                     xb, yb, size = x_chunk[b0:b1], y_chunk[b0:b1], b1 - b0
                     if size not in workspaces:  # the last, smaller batch of an epoch
-                        workspaces[size] = Workspace(net, size, grad)
+                        workspaces[size] = Workspace(net, size, grad, **dropout)
                     workspaces[size].backprop(xb, yb, scale=eta / size)  # grad = η ∇C
                     if decay is not None:  # ∇(λ/2n Σw²) = (λ/n) w, weights only
                         grad += (eta * config.l2 / n) * decay * net.params
@@ -98,6 +127,8 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
                         velocity *= config.momentum
                         velocity -= grad
                         net.params += velocity
+                    if config.max_norm:
+                        net.limit_norms(config.max_norm)
                 if not np.isfinite(net.params).all():  # checked per chunk: cheap, and stops at once
                     raise DivergenceError(_diverged(epoch + 1, eta, "a weight"))
             record = {"epoch": epoch + 1, "learning_rate": eta,
