@@ -105,6 +105,16 @@ class ReproduceConfig:
 
 
 @dataclass
+class SweepSettings:
+    """Per-activation settings a sweep preset may use (conf/sweep/grid.yaml): its configs
+    interpolate ${sweep.init.<activation>} and ${sweep.eta.<activation>.<step>}."""
+
+    step: Optional[str] = None  # the learning-rate step the grid sweeps: low, mid, high
+    init: dict[str, str] = field(default_factory=dict)  # activation -> init
+    eta: dict[str, dict[str, float]] = field(default_factory=dict)  # activation -> step -> η
+
+
+@dataclass
 class SearchConfig:
     """An Optuna study over the config space (stage search, conf/search/, pipeline/search.py)."""
 
@@ -138,6 +148,7 @@ class Config:
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
 
 
 ConfigStore.instance().store(name="base_config", node=Config)

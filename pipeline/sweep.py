@@ -135,6 +135,35 @@ def swept(config) -> dict[str, str]:
     return grid
 
 
+# What a comparison in a sweep holds fixed unless the sweep varies it.
+_COMPARED = ("model.hidden_sizes", "model.activation", "model.cost", "model.init", "train.epochs",
+             "train.batch_size", "train.learning_rate", "train.momentum", "train.l2",
+             "train.schedule", "seed")
+
+
+def held_fixed(config, grid: dict) -> str:
+    """The settings the sweep does not vary, e.g. 'model.cost=quadratic, train.epochs=30,
+    …; model.init per activation: sigmoid scaled, relu he'. A setting a preset takes from
+    sweep.init / sweep.eta is named as per activation (and per step), not as fixed."""
+    fixed, per_activation = [], []
+    for key in _COMPARED:
+        if key in grid:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        raw = OmegaConf.to_container(OmegaConf.select(config, parent_key), resolve=False)[leaf] \
+            if parent_key else None
+        if isinstance(raw, str) and raw.startswith("${sweep."):
+            table = OmegaConf.to_container(config.sweep.init if leaf == "init" else config.sweep.eta)
+            per_activation.append(f"{key} per activation: " + ", ".join(
+                f"{a} {v if leaf == 'init' else '/'.join(f'{x:g}' for x in v.values())}"
+                for a, v in table.items()))
+        else:
+            value = OmegaConf.select(config, key)
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            fixed.append(f"{key}={value}")
+    return "; ".join([", ".join(fixed), *per_activation])
+
+
 def open_parent(config, sweep_dir: Path) -> str:
     """The sweep's parent run: the one of an earlier run of the same sweep (same preset,
     grid, overrides and experiment), reopened, so that a resumed sweep keeps one parent
@@ -160,11 +189,14 @@ def open_parent(config, sweep_dir: Path) -> str:
         log.info("sweep: resuming parent run %s (%s)", parent, earlier[0].info.run_name)
         return parent
     grid_text = ", ".join(f"{k}={v}" for k, v in grid.items()) or "no grid"
+    fixed = held_fixed(config, grid)
     tags["mlflow.note.content"] = (
-        f"Sweep `{preset}` (conf/sweep/{preset}.yaml): {grid_text}. Each child is one config "
-        "(ours and, if on, scikit-learn's MLPClassifier); the summary (summary/results.md, "
-        "plots) and the best child of each family are logged here when the sweep ends.")
+        f"Sweep `{preset}` (conf/sweep/{preset}.yaml): {grid_text}. Held fixed: {fixed}. "
+        "Each child is one config (ours and, if on, scikit-learn's MLPClassifier); the summary "
+        "(summary/results.md, plots) and the best child of each family are logged here when "
+        "the sweep ends.")
     run = client.create_run(experiment_id, run_name=f"sweep {preset}", tags=tags)
+    client.log_param(run.info.run_id, "sweep.held_fixed", fixed[:6000])
     for name, value in grid.items():
         client.log_param(run.info.run_id, f"sweep.{name}", value[:6000])
     if overrides:

@@ -214,3 +214,31 @@ def test_a_sweep_on_a_read_only_store_exits_nonzero(tmp_path):
             subprocess.run(["umount", str(db.parent)], check=False)
         else:
             os.chmod(db.parent, 0o755)
+
+
+def test_the_default_grid_gives_each_activation_its_own_init_and_rates(make_cfg):
+    """A fair grid: He init and ReLU's η range for ReLU, 1/√n and sigmoid's for sigmoid;
+    pinning a value on the command line holds it for every child."""
+    from pipeline import sweep
+
+    chosen = {}
+    for activation in ("sigmoid", "relu"):
+        for step in ("low", "mid", "high"):
+            cfg = make_cfg("sweep=grid", f"model.activation={activation}", f"sweep.step={step}")
+            chosen[activation, step] = (cfg.model.init, cfg.train.learning_rate)
+    assert {chosen["relu", s][0] for s in ("low", "mid", "high")} == {"he"}
+    assert {chosen["sigmoid", s][0] for s in ("low", "mid", "high")} == {"scaled"}
+    assert [chosen["relu", s][1] for s in ("low", "mid", "high")] == [0.1, 0.3, 1.0]
+    assert [chosen["sigmoid", s][1] for s in ("low", "mid", "high")] == [1.0, 3.0, 10.0]
+    pinned = make_cfg("sweep=grid", "model.activation=relu", "train.learning_rate=3.0",
+                      "model.init=normal")
+    assert (pinned.model.init, pinned.train.learning_rate) == ("normal", 3.0)
+
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        full = compose("config", overrides=["sweep=grid"], return_hydra_config=True)
+    fixed = sweep.held_fixed(full, sweep.swept(full))
+    assert "model.cost=quadratic" in fixed and "train.epochs=30" in fixed
+    assert "model.init per activation: sigmoid scaled, tanh scaled, relu he" in fixed
+    assert "train.learning_rate per activation: sigmoid 1/3/10" in fixed
+    assert "model.activation" not in fixed.split(";")[0]  # swept, so not held fixed
