@@ -26,7 +26,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from pipeline import config as _config  # noqa: E402,F401 — registers the schema
 from pipeline import download  # noqa: E402
 from pipeline.idx import read_idx  # noqa: E402
-from pipeline.engine import Network, SGDConfig, train  # noqa: E402
+from pipeline.engine import AugmentConfig, Network, SGDConfig, train  # noqa: E402
+from pipeline.engine.augment import distort  # noqa: E402
 from pipeline.paths import PROJECT_ROOT  # noqa: E402
 
 TARGETS = {10: (0.30, 0.2), 100: (0.10, 0.4)}  # batch: (s/epoch, ratio to scikit-learn)
@@ -51,6 +52,27 @@ def time_ours(x, y, batch: int, repeats: int) -> float:
               evaluate=False)
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+AUGMENTATIONS = {"affine": AugmentConfig(shift=2, rotation=15, scale=0.15, shear=15),
+                 "elastic": AugmentConfig(elastic_alpha=2.0, elastic_sigma=4.0)}
+
+
+def time_augmented(x, y, batch: int, repeats: int, augment: AugmentConfig) -> tuple[float, float]:
+    """(s/epoch of ours with augmentation, s for the distortions of one epoch alone)."""
+    epochs, alone = [], []
+    for r in range(repeats):
+        rng = np.random.default_rng(r)
+        net = Network([784, 16, 16, 10], "sigmoid", "quadratic", "normal", rng=rng)
+        start = time.perf_counter()
+        train(net, x, y, SGDConfig(epochs=1, batch_size=batch, learning_rate=3.0, augment=augment),
+              rng, evaluate=False)
+        epochs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(0, len(x), 256):  # the engine distorts chunks of 256 gathered rows
+            distort(x[i:i + 256], augment, rng)
+        alone.append(time.perf_counter() - start)
+    return min(epochs), min(alone)
 
 
 def time_sklearn(x, y, batch: int, repeats: int) -> float:
@@ -117,6 +139,11 @@ def main() -> None:
             torch_txt = f"{torch_s:11.3f}" if torch_s is not None else f"{'—':>11}"
             print(f"{batch:>5} {ours:10.3f} {sk:13.3f} {ours / sk:13.3f} {torch_txt}  {verdict}",
                   flush=True)
+        plain = {batch: time_ours(x, y, batch, args.repeats) for batch in (100,)}
+        for name, augment in AUGMENTATIONS.items():
+            epoch, alone = time_augmented(x, y, 100, args.repeats, augment)
+            print(f"augmentation {name:7}, batch 100: {epoch:.3f} s/epoch = plain {plain[100]:.3f} "
+                  f"+ {epoch - plain[100]:.3f}; the distortions alone {alone:.3f} s", flush=True)
     if time_torch(x[:10], y[:10], 10, 1) is None:
         print("(PyTorch not installed: its column is skipped; it is not a dependency)")
 
