@@ -129,6 +129,7 @@ class SearchConfig:
     pruner_warmup_epochs: int = 3  # epochs of every trial before it may be pruned
     seed: int = 0
     storage: Optional[str] = None  # default: OPTUNA_STORAGE, else sqlite beside the MLflow store
+    stale_after: int = 30  # seconds without a heartbeat (one every 5 s): the worker is gone
     # config key -> {low, high[, log]} or {choices: [...]}
     space: dict[str, Any] = field(default_factory=dict)
 
@@ -232,6 +233,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "search.pruner_warmup_epochs": at_least(0),
     "search.seed": at_least(0),
     "search.study": NAME,
+    "search.stale_after": at_least(10),
 }
 
 

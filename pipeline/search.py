@@ -17,7 +17,7 @@ machines. Its name keys the space, the overrides and the code, so the same comma
 resumes it. Workers (search.workers processes here, and the same command elsewhere) take
 trials until the study holds search.n_trials finished ones (COMPLETE or PRUNED). Each
 beats a heartbeat into the storage: the trial of a worker that died goes stale after
-GRACE_SECONDS, is marked FAIL, and another trial takes its place.
+search.stale_after seconds, is marked FAIL, and another trial takes its place.
 
 The search is one MLflow parent run, `search <preset>`. When no trial is left running, the
 worker that ends it summarises the children as a sweep is summarised (results table, best
@@ -54,12 +54,11 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 HEARTBEAT_SECONDS = 5
-GRACE_SECONDS = 30  # no heartbeat for this long: the trial's worker is gone
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 # Overrides that say how to run the search, not what it searches: a study is the same
 # study whatever they are (more trials or workers extend it).
 _HOW = ("search.n_trials", "search.workers", "search.worker_index", "search.summarize",
-        "search.study", "search.storage", "stages", "hydra.")
+        "search.study", "search.storage", "search.stale_after", "stages", "hydra.")
 
 
 class Pruned(RunStopped):
@@ -150,7 +149,7 @@ def open_study(cfg) -> optuna.Study:
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine,
                                              heartbeat_interval=HEARTBEAT_SECONDS,
-                                             grace_period=GRACE_SECONDS,
+                                             grace_period=cfg.search.stale_after,
                                              heartbeat_stale_trial_callback=close_stale_run)
         study = optuna.create_study(study_name=study_name(cfg), storage=storage,
                                     direction="maximize", load_if_exists=True)

@@ -135,11 +135,12 @@ def _started_workers(log: Path, launcher: subprocess.Popen, seconds: int = 120) 
 
 
 def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_path):
-    n_trials = 8
-    # No pruner here (test_search covers it): every trial runs its 100 epochs, several
-    # seconds, so the worker is surely killed inside one.
+    n_trials = 6
+    # No pruner here (test_search covers it): every trial runs its 60 epochs, seconds, so
+    # the worker is surely killed inside one. A lost worker is noticed after 10 s.
     command = [sys.executable, "-m", "pipeline", "search=smoke", f"search.n_trials={n_trials}",
-               "search.pruner=none", "train.epochs=100", "tracking.experiment=search-pg",
+               "search.pruner=none", "train.epochs=60", "search.stale_after=10",
+               "tracking.experiment=search-pg",
                f"paths.data_dir={tmp_path / 'data'}", f"paths.mlruns_dir={tmp_path / 'mlruns'}",
                f"hydra.run.dir={tmp_path / 'out'}"]
     env = {**_env(server), "OPTUNA_STORAGE": server.optuna}
