@@ -61,12 +61,15 @@ def distort(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
     a[:, 0, 0], a[:, 0, 1] = cos / s, (cos * np.tan(phi) - sin) / s
     a[:, 1, 0], a[:, 1, 1] = sin / s, (sin * np.tan(phi) + cos) / s
     centre = (side - 1) / 2
-    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij")) - centre
-    source = np.einsum("bij,jhw->bihw", a, grid) + centre - t[:, :, None, None]  # (b, 2, h, w)
+    grid = (np.indices((side, side)).reshape(2, -1) - centre).astype(images.dtype)
+    # source = A (p − c) + c − t for every pixel p of every image: (b, 2, side²)
+    source = a.astype(images.dtype) @ grid
+    source += (centre - t).astype(images.dtype)[:, :, None]
+    source = source.reshape(b, 2, side, side)
     if config.elastic_alpha:
         field = rng.uniform(-1, 1, (b, 2, side, side))
         smooth = gaussian_matrix(side, config.elastic_sigma)
-        source += config.elastic_alpha * (smooth @ field @ smooth.T)
+        source += (config.elastic_alpha * (smooth @ field @ smooth.T)).astype(images.dtype)
     result = bilinear(images.reshape(b, side, side), source[:, 0], source[:, 1])
     if out is None:
         return result.reshape(b, n_pixels)
@@ -95,9 +98,12 @@ def bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     wr, wc = (rows - r0).astype(images.dtype), (cols - c0).astype(images.dtype)
     # Index i of the image is i + 1 of the padded copy; anything beyond lands on its zero ring.
     r0, c0 = r0.astype(np.intp) + 1, c0.astype(np.intp) + 1
-    r1, c1 = np.clip(r0 + 1, 0, side + 1), np.clip(c0 + 1, 0, side + 1)
-    r0, c0 = np.clip(r0, 0, side + 1), np.clip(c0, 0, side + 1)
-    base = (np.arange(b) * (side + 2) ** 2)[:, None, None]
-    at = lambda r, c: flat[base + r * (side + 2) + c]  # noqa: E731
-    return ((1 - wr) * ((1 - wc) * at(r0, c0) + wc * at(r0, c1))
-            + wr * ((1 - wc) * at(r1, c0) + wc * at(r1, c1)))
+    dr = (r0 >= 0) & (r0 <= side)  # the next row/column is inside the padded copy: step 1
+    dc = (c0 >= 0) & (c0 <= side)
+    np.clip(r0, 0, side + 1, out=r0)
+    np.clip(c0, 0, side + 1, out=c0)
+    i00 = r0 * (side + 2) + c0 + (np.arange(b) * (side + 2) ** 2)[:, None, None]
+    i10 = i00 + dr * (side + 2)
+    top = flat[i00] + wc * (flat[i00 + dc] - flat[i00])  # the two rows, read along the columns
+    bottom = flat[i10] + wc * (flat[i10 + dc] - flat[i10])
+    return top + wr * (bottom - top)
