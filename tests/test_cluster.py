@@ -148,7 +148,10 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     with open(log, "w") as out:
         launcher = subprocess.Popen([*command, "search.workers=2"], cwd=PROJECT_ROOT, env=env,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    storage, running = server.optuna, (optuna.trial.TrialState.RUNNING,)
+    # One storage (one connection pool) for all the polling below: a URL would open a new
+    # engine per call, and their idle connections exhaust the server's max_connections.
+    storage = optuna.storages.RDBStorage(server.optuna)
+    running = (optuna.trial.TrialState.RUNNING,)
     try:
         victim = _started_workers(log, launcher)[1]
         deadline, killed = time.monotonic() + 600, None
