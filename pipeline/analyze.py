@@ -10,7 +10,9 @@ reproduces each experiment on the same data and logs every figure and number to 
 3. random labels: the same network trained on shuffled training labels next to the true
    labels (train accuracy per epoch), plus a wider network on a subset that memorises them;
 4. learning rates (cost curves) and seeds (test accuracy spread over several seeds);
-5. gradient magnitudes: mean |∂C/∂w| per layer and a 28×28 map of the first layer's.
+5. gradient magnitudes: mean |∂C/∂w| per layer and a 28×28 map of the first layer's;
+6. accuracy against size: the mean test accuracy of every recipe (model.name) of ours in the
+   experiment against its parameter count, from the classic 13,002 up to the widest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 
 from pipeline import preprocess, tracking
 from pipeline.engine import DivergenceError, Network, SGDConfig, train
@@ -70,6 +73,7 @@ def run(cfg, results: dict) -> str:
         learning_rates(run_cfg, data, a, report)
         seeds(run_cfg, data, a, report)
         gradient_magnitudes(net, data, report)
+        accuracy_by_size(experiment_id, report)
         report.log()
         log.info("analyze: run %s analysed in run %s", run_id, active.info.run_id)
         return active.info.run_id
@@ -106,6 +110,11 @@ class Report:
         plt.close(fig)
         self.lines += [f"![{caption}]({name})", ""]
 
+    def table(self, table: pd.DataFrame, name: str) -> None:
+        """A table in the report, and as CSV beside it."""
+        table.to_csv(self.folder / name, index=False)
+        self.lines += table.to_markdown(index=False, floatfmt=".4f").splitlines() + [""]
+
     def metrics(self, values: dict) -> None:
         mlflow.log_metrics(values)
         self.lines += [f"- `{k}` = {v:.4g}" for k, v in values.items()] + [""]
@@ -117,14 +126,23 @@ class Report:
 
     def html(self) -> str:
         """The report as one self-contained page (figures as data: URLs)."""
-        body, bullets = [], []
+        body, bullets, rows = [], [], []
         for line in self.lines + [""]:
             if line.startswith("- "):
                 bullets.append(f"<li>{_inline(line[2:])}</li>")
                 continue
+            if line.startswith("|"):  # a Markdown table row; its |---| rule is dropped
+                if not line.startswith("|:") and not line.startswith("|-"):
+                    cell = "th" if not rows else "td"
+                    rows.append("<tr>" + "".join(f"<{cell}>{_inline(c.strip())}</{cell}>"
+                                                 for c in line.strip("|").split("|")) + "</tr>")
+                continue
             if bullets:
                 body.append("<ul>" + "".join(bullets) + "</ul>")
                 bullets = []
+            if rows:
+                body.append("<table border='1' cellpadding='4'>" + "".join(rows) + "</table>")
+                rows = []
             if line.startswith("# ") or line.startswith("## "):
                 level = 1 if line.startswith("# ") else 2
                 body.append(f"<h{level}>{_inline(line[level + 1:])}</h{level}>")
@@ -340,3 +358,35 @@ def gradient_magnitudes(net: Network, data, report: Report, n: int = 1000) -> tu
     report.figure(fig, "gradient_magnitudes.png", "gradient magnitudes")
     report.metrics({f"grad_mean_abs_layer{l + 1}": v for l, v in enumerate(per_layer)})
     return per_layer, pixel_map
+
+
+def accuracy_by_size(experiment_id: str, report: Report) -> pd.DataFrame:
+    """Mean test accuracy of each recipe of ours (finished top-level training runs, grouped
+    by model name and parameter count) against its number of weights and biases."""
+    runs = mlflow.search_runs(
+        [experiment_id], "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
+        "and tags.kind = 'training'")
+    if "tags.mlflow.parentRunId" in runs:
+        runs = runs[runs["tags.mlflow.parentRunId"].isna()]
+    runs = runs.dropna(subset=["metrics.test_accuracy", "tags.n_params"])
+    table = (runs.assign(n_params=runs["tags.n_params"].astype(int))
+             .groupby(["tags.model_name", "n_params"])["metrics.test_accuracy"]
+             .agg(["mean", "std", "count"]).reset_index()
+             .rename(columns={"tags.model_name": "recipe", "mean": "test_accuracy_mean",
+                              "std": "test_accuracy_std", "count": "runs"})
+             .sort_values("n_params"))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(table.n_params, table.test_accuracy_mean, yerr=table.test_accuracy_std.fillna(0),
+                fmt="o", capsize=3)
+    for row in table.itertuples():
+        ax.annotate(f"{row.recipe} ({row.runs})", (row.n_params, row.test_accuracy_mean),
+                    textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.set(xscale="log", xlabel="weights and biases", ylabel="mean test accuracy",
+           title="Accuracy against size, per recipe (runs in brackets)")
+    fig.tight_layout()
+    report.section("Accuracy against size", "Every recipe of ours trained in this experiment "
+                   "(finished top-level runs, grouped by model name): mean test accuracy "
+                   "over its runs (bars: one standard deviation) against its parameter count.")
+    report.figure(fig, "accuracy_by_size.png", "test accuracy against parameter count")
+    report.table(table, "accuracy_by_size.csv")
+    return table

@@ -3,6 +3,7 @@
 import matplotlib.image
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -11,7 +12,7 @@ from pipeline.app import run_stages
 from pipeline.errors import PipelineError
 
 FIGURES = ["first_layer_weights.png", "noise_confidence.png", "random_labels.png",
-           "learning_rates.png", "seeds.png", "gradient_magnitudes.png"]
+           "learning_rates.png", "seeds.png", "gradient_magnitudes.png", "accuracy_by_size.png"]
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +29,22 @@ def analysed(tmp_path_factory):
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         train_cfg = compose("config", overrides=overrides)
         analyze_cfg = compose("config", overrides=[*overrides, "stages=[analyze]"])
+        wider_cfg = compose("config", overrides=[*overrides, "model.name=wider",
+                                                 "model.hidden_sizes=[32]"])
+    wider = run_stages(wider_cfg)["train"][0]
     trained = run_stages(train_cfg)["train"][0]
     analysis = run_stages(analyze_cfg)["analyze"]
-    yield trained, analysis, tmp
+    yield trained, analysis, tmp, wider
     mp.undo()
 
 
 def test_analysis_run_links_back_and_logs_the_report(analysed):
-    trained, analysis, _ = analysed
+    trained, analysis, _, _ = analysed
     run = mlflow.get_run(analysis)
     assert run.data.tags["analyzed_run_id"] == trained and run.data.tags["kind"] == "analysis"
     files = {a.path for a in MlflowClient().list_artifacts(analysis, "report")}
-    assert files == {f"report/{f}" for f in ["analysis.md", "analysis.html", *FIGURES]}
+    assert files == {f"report/{f}" for f in ["analysis.md", "analysis.html", *FIGURES,
+                                             "accuracy_by_size.csv"]}
     page = mlflow.artifacts.load_text(f"runs:/{analysis}/report/analysis.html")
     assert page.count("data:image/png;base64,") == len(FIGURES)  # renders in the UI
     params = run.data.params
@@ -54,7 +59,7 @@ def test_analysis_run_links_back_and_logs_the_report(analysed):
 
 @pytest.mark.parametrize("figure", FIGURES)
 def test_every_figure_is_a_real_image(analysed, figure, tmp_path):
-    _, analysis, _ = analysed
+    _, analysis, _, _ = analysed
     path = mlflow.artifacts.download_artifacts(f"runs:/{analysis}/report/{figure}", dst_path=str(tmp_path))
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
@@ -63,7 +68,7 @@ def test_every_figure_is_a_real_image(analysed, figure, tmp_path):
 
 
 def test_numbers_are_in_range_and_tell_the_classic_story(analysed):
-    _, analysis, _ = analysed
+    _, analysis, _, _ = analysed
     m = mlflow.get_run(analysis).data.metrics
     for key in ("noise_confident_fraction", "inverted_confident_fraction",
                 "digits_confident_fraction", "shuffled_test_accuracy", "wide_shuffled_train_accuracy"):
@@ -78,6 +83,21 @@ def test_numbers_are_in_range_and_tell_the_classic_story(analysed):
     assert all(m[f"grad_mean_abs_layer{l}"] > 0 for l in (1, 2, 3))
     history = MlflowClient().get_metric_history(analysis, "wide_shuffled_labels_train_accuracy")
     assert len(history) == 40 and history[-1].value > history[0].value
+
+
+def test_accuracy_by_size_has_one_row_per_recipe_with_its_runs_and_parameters(analysed, tmp_path):
+    trained, analysis, _, wider = analysed
+    path = mlflow.artifacts.download_artifacts(f"runs:/{analysis}/report/accuracy_by_size.csv",
+                                               dst_path=str(tmp_path))
+    table = pd.read_csv(path).set_index("recipe")
+    # 8×8 digits: 64-16-16-10 has 64·16+16 + 16·16+16 + 16·10+10 = 1,482; 64-32-10 has 2,410.
+    assert table.n_params.to_dict() == {"classic": 1482, "wider": 2410}
+    for recipe, run in (("classic", trained), ("wider", wider)):
+        assert table.loc[recipe, "runs"] == 1
+        assert table.loc[recipe, "test_accuracy_mean"] == pytest.approx(
+            mlflow.get_run(run).data.metrics["test_accuracy"])
+    page = mlflow.artifacts.load_text(f"runs:/{analysis}/report/analysis.html")
+    assert "<td>wider</td>" in page and "<th>n_params</th>" in page
 
 
 def test_weight_images_colour_positive_green_and_negative_red():
