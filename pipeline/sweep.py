@@ -45,13 +45,16 @@ _NAMED = {"model.hidden_sizes", "model.activation", "train.learning_rate", "trai
 
 def run_label(overrides) -> str | None:
     """A sweep job's model and training overrides that its run name does not show yet,
-    e.g. 'cost=cross_entropy l2=5.0', so that the children of a sweep differ by name."""
+    e.g. 'cost=cross_entropy l2=5.0' or 'ablation=elastic', so that the children of a sweep
+    differ by name."""
     shown = []
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         if key.startswith(("model.", "train.")) and key not in _NAMED:
             shown.append(f"{key.split('.', 1)[1]}={value}")
+        elif key == "ablation":  # a config group that switches tweaks off (conf/ablation/)
+            shown.append(f"{key}={value}")
     return " ".join(shown) or None
 
 
@@ -234,6 +237,10 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
                                  **{f"best.{k}": str(best[k]) for k in SETTINGS}})
                 mlflow.log_metrics({m: float(best[m]) for m in
                                     ("val_accuracy", "test_accuracy", "train_seconds")})
+        if table.seed.nunique() > 1:  # the same configs from several seeds: their means
+            means = seed_means(table)
+            mlflow.log_text(means.to_csv(index=False), "summary/seed_means.csv")
+            mlflow.log_text(means.to_markdown(index=False, floatfmt=".4f"), "summary/seed_means.md")
         for setting in PLOTTED:
             if table[setting].nunique() > 1:
                 fig = accuracy_plot(table, setting)
@@ -291,6 +298,19 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     for key in ("batch_size", "epochs", "seed"):
         table[key] = pd.to_numeric(table[key]).astype("Int64")
     return table.sort_values(["family", "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+
+
+def seed_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and count of val and test accuracy over the seeds of each
+    config (a child's run name without its seed), finished children only, best first."""
+    done = table[table.status == "FINISHED"]
+    config = done.run_name.str.replace(r" seed=\d+", "", regex=True)
+    means = (done.assign(config=config).groupby(["family", "config"])
+             .agg(seeds=("seed", "count"), val_accuracy_mean=("val_accuracy", "mean"),
+                  test_accuracy_mean=("test_accuracy", "mean"),
+                  test_accuracy_std=("test_accuracy", "std"))
+             .reset_index())
+    return means.sort_values(["family", "test_accuracy_mean"], ascending=[True, False])
 
 
 def accuracy_plot(table: pd.DataFrame, setting: str):

@@ -242,3 +242,73 @@ def test_the_default_grid_gives_each_activation_its_own_init_and_rates(make_cfg)
     assert "model.init per activation: sigmoid scaled, tanh scaled, relu he" in fixed
     assert "train.learning_rate per activation: sigmoid 1/3/10" in fixed
     assert "model.activation" not in fixed.split(";")[0]  # swept, so not held fixed
+
+
+def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children():
+    from pipeline import sweep
+
+    rows = [("frontier 800 relu η=0.05 m=100 · ours [ablation=none]", 0, "FINISHED", 0.99),
+            ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=none]", 1, "FINISHED", 0.98),
+            ("frontier 800 relu η=0.05 m=100 · ours seed=2 [ablation=none]", 2, "FAILED", None),
+            ("frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]", 0, "FINISHED", 0.97),
+            ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=elastic]", 1, "FINISHED", 0.95)]
+    table = pd.DataFrame([{"run_name": n, "seed": s, "status": st, "family": "numpy_mlp",
+                           "val_accuracy": a, "test_accuracy": a} for n, s, st, a in rows])
+    means = sweep.seed_means(table).set_index("config")
+    assert list(means.index) == ["frontier 800 relu η=0.05 m=100 · ours [ablation=none]",
+                                 "frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]"]
+    assert means.seeds.tolist() == [2, 2]
+    assert means.test_accuracy_mean.tolist() == pytest.approx([0.985, 0.96])
+    assert means.test_accuracy_std.tolist() == pytest.approx([0.00707107, 0.01414214])
+
+
+def test_a_config_group_choice_names_the_sweep_child():
+    from pipeline import sweep
+
+    assert sweep.run_label(["ablation=elastic", "seed=1", "model.cost=quadratic",
+                            "train.learning_rate=0.1"]) == "ablation=elastic cost=quadratic"
+
+
+def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seeds(tmp_path):
+    """The frontier ablation on the 8×8 digits (small and short, but the real presets):
+    one parent; per ablation row and seed a finished child whose params show the tweak
+    off; summary/seed_means.csv holds each row's mean over its seeds."""
+    db = tmp_path / "ablation.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    env.pop("PIPELINE_DATA_MIRROR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sweep=ablation", "data=digits",
+         "stages=[preprocess,train,evaluate]", "model.hidden_sizes=[16]", "train.epochs=2",
+         "seed=0,1", f"tracking.experiment={EXPERIMENT}", f"paths.data_dir={tmp_path / 'data'}",
+         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = _runs(db)
+    (parent,) = runs[runs.kind == "sweep"].run_id
+    children = runs[runs.kind == "training"]
+    assert len(children) == 8 and set(children.status) == {"FINISHED"}
+    assert set(children.family) == {"numpy_mlp"}  # the baseline is off
+    params = {}
+    for run in MlflowClient(f"sqlite:///{db}").search_runs(
+            [MlflowClient(f"sqlite:///{db}").get_experiment_by_name(EXPERIMENT).experiment_id],
+            "tags.kind = 'training'"):
+        row = run.info.run_name.rsplit("ablation=", 1)[1].split()[0]  # '… [ablation=elastic epochs=2]'
+        params.setdefault(row, []).append(run.data.params)
+    assert sorted(params) == ["cosine", "elastic", "momentum", "none"]
+    for p in params["none"]:
+        assert (p["train.momentum"], p["train.schedule"], p["train.augment.elastic_alpha"]) == \
+            ("0.9", "cosine", "34.0")
+    assert all("train.augment.elastic_alpha" not in p for p in params["elastic"])
+    assert all(p["train.schedule"] == "constant" for p in params["cosine"])
+    assert all((p["train.momentum"], p["train.learning_rate"]) == ("0.0", "0.5")
+               for p in params["momentum"])
+
+    path = MlflowClient(f"sqlite:///{db}").download_artifacts(parent, "summary/seed_means.csv",
+                                                              str(tmp_path))
+    means = pd.read_csv(path)
+    assert len(means) == 4 and set(means.seeds) == {2}
+    tests = children.assign(row=[n for n in children.tags.map(lambda t: t["mlflow.runName"])])
+    for row in means.itertuples():
+        mine = [m["test_accuracy"] for m, name in zip(children.metrics, tests.row)
+                if name.replace(" seed=1", "") == row.config]
+        assert len(mine) == 2 and row.test_accuracy_mean == pytest.approx(sum(mine) / 2)
