@@ -383,6 +383,10 @@ def accuracy_by_size(experiment_id: str, report: Report) -> pd.DataFrame:
                     textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax.set(xscale="log", xlabel="weights and biases", ylabel="mean test accuracy",
            title="Accuracy against size, per recipe (runs in brackets)")
+    sizes = sorted(table.n_params.unique())  # ticks at the recipes' sizes, not 10ⁿ
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.margins(x=0.15, y=0.1)
     fig.tight_layout()
     report.section("Accuracy against size", "Every recipe of ours trained in this experiment "
                    "(finished top-level runs, grouped by model name): mean test accuracy "
