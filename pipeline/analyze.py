@@ -366,8 +366,10 @@ def accuracy_by_size(experiment_id: str, report: Report) -> pd.DataFrame:
     runs = mlflow.search_runs(
         [experiment_id], "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
         "and tags.kind = 'training'")
-    if "tags.mlflow.parentRunId" in runs:
-        runs = runs[runs["tags.mlflow.parentRunId"].isna()]
+    # Columns absent from the search (no such runs, or runs from before n_params) are NaN.
+    runs = runs.reindex(columns=["tags.mlflow.parentRunId", "tags.model_name", "tags.n_params",
+                                 "metrics.test_accuracy"])
+    runs = runs[runs["tags.mlflow.parentRunId"].isna()]
     runs = runs.dropna(subset=["metrics.test_accuracy", "tags.n_params"])
     table = (runs.assign(n_params=runs["tags.n_params"].astype(int))
              .groupby(["tags.model_name", "n_params"])["metrics.test_accuracy"]
