@@ -102,6 +102,57 @@ def test_same_seed_gives_bit_identical_weights_and_metrics(make_cfg):
     assert not np.array_equal(a.params, c.params)
 
 
+def _plain_sgd(net, x, y, eta, m, orders):
+    """The reference for train(): Nielsen's mini-batch SGD written plainly, with separate
+    biases, a fresh array for every intermediate and one batch at a time from the data, no
+    chunks, workspaces or columns of ones. Sigmoid/quadratic or ReLU/softmax-cross-entropy."""
+    W, b = [w.astype(np.float64) for w in net.weights], [c.astype(np.float64) for c in net.biases]
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))
+    for order in orders:  # one permutation per epoch
+        for k in range(0, len(y), m):
+            idx = order[k:k + m]
+            activations, target = [x[idx]], np.eye(W[-1].shape[1])[y[idx]]
+            for l in range(len(W)):
+                z = activations[-1] @ W[l] + b[l]
+                if l < len(W) - 1:
+                    activations.append(sigmoid(z) if net.activation == "sigmoid" else np.maximum(z, 0))
+                elif net.cost == "quadratic":
+                    activations.append(sigmoid(z))
+                else:
+                    e = np.exp(z - z.max(axis=1, keepdims=True))
+                    activations.append(e / e.sum(axis=1, keepdims=True))
+            a = activations[-1]
+            delta = (a - target) * a * (1 - a) if net.cost == "quadratic" else a - target
+            for l in range(len(W) - 1, -1, -1):
+                nabla_w, nabla_b = activations[l].T @ delta, delta.sum(axis=0)
+                if l:
+                    a = activations[l]
+                    delta = (delta @ W[l].T) * (a * (1 - a) if net.activation == "sigmoid" else a > 0)
+                W[l] -= eta / len(idx) * nabla_w
+                b[l] -= eta / len(idx) * nabla_b
+    return W, b
+
+
+@pytest.mark.parametrize("activation,cost,init", [("sigmoid", "quadratic", "normal"),
+                                                  ("relu", "cross_entropy", "he")])
+def test_the_engines_sgd_is_the_plain_textbook_loop(activation, cost, init):
+    """train() gathers chunks of rows, keeps [a, 1] buffers, writes in place: none of it may
+    change the arithmetic. 600 rows in batches of 7 span full chunks, a partial chunk and a
+    last batch of 5."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((600, 30)), rng.integers(0, 4, 600)
+    net = Network([30, 9, 8, 4], activation, cost, init, dtype="float64", rng=rng)
+    draws = np.random.default_rng(1)
+    orders = [draws.permutation(600) for _ in range(2)]  # the only draws train() makes here
+    W, b = _plain_sgd(net, x, y, 0.5, 7, orders)
+    train(net, x, y, SGDConfig(epochs=2, batch_size=7, learning_rate=0.5),
+          np.random.default_rng(1), evaluate=False)
+    for ours, plain in zip(net.weights + net.biases, W + b):
+        np.testing.assert_allclose(ours, plain, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(W[0], Network([30, 9, 8, 4], activation, cost, init, dtype="float64",
+                                         rng=np.random.default_rng(0)).weights[0])  # it learned
+
+
 def test_l2_shrinks_the_weights(make_cfg):
     data = _digits(make_cfg)
     plain, _ = _fit(data, epochs=5)

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 
 from .augment import AugmentConfig, distort, image_side
 from .errors import DivergenceError, EngineError
-from .network import Network, Workspace
+from .network import Network, Workspace, with_ones_column
 
 SCHEDULES = ("constant", "step", "cosine")
 # Rows gathered per shuffle chunk: amortises the per-batch fancy-indexing call.
@@ -92,10 +92,26 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
         image_side(x.shape[1])  # fails early for rows that are not square images
     dropout = {"dropout_input": config.dropout_input, "dropout_hidden": config.dropout_hidden,
                "rng": rng}
-    workspaces = {m: Workspace(net, m, grad, **dropout)}
     chunk = max(m, _CHUNK_ROWS // m * m)
-    x_chunk = np.ones((chunk, x.shape[1] + 1), dtype=net.dtype)  # [x, 1] rows
+    # The rows [x, 1] once, so each chunk is gathered whole: into a contiguous buffer a
+    # gather runs about 1.5x faster than into the 784 columns of a [x, 1] buffer.
+    x1 = with_ones_column(x)
+    x_chunk = np.empty((chunk, x1.shape[1]), dtype=net.dtype)
     y_chunk = np.empty((chunk, onehot.shape[1]), dtype=net.dtype)
+    workspaces = {}  # by batch size: m, and the last, smaller batch of an epoch
+
+    def batches(rows: int) -> list[tuple[np.ndarray, np.ndarray, Workspace]]:
+        """The first `rows` of the chunk buffers as mini-batches of ≤ m rows (views), each
+        with the Workspace of its size."""
+        views = []
+        for b0 in range(0, rows, m):
+            b1 = min(b0 + m, rows)
+            if b1 - b0 not in workspaces:
+                workspaces[b1 - b0] = Workspace(net, b1 - b0, grad, **dropout)
+            views.append((x_chunk[b0:b1], y_chunk[b0:b1], workspaces[b1 - b0]))
+        return views
+
+    full_chunk = batches(chunk)
     history = []
     # Small matrices gain nothing from BLAS threads and lose a lot to oversubscription.
     # Overflow is not warned about: a non-finite weight is caught below and reported.
@@ -108,17 +124,13 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
             for c0 in range(0, n, chunk):
                 idx = order[c0:c0 + chunk]
                 # mode="clip" writes straight into `out`; "raise" would buffer a copy.
-                np.take(x, idx, axis=0, out=x_chunk[:len(idx), :-1], mode="clip")
+                np.take(x1, idx, axis=0, out=x_chunk[:len(idx)], mode="clip")
                 np.take(onehot, idx, axis=0, out=y_chunk[:len(idx)], mode="clip")
                 if augment is not None:  # the gathered copies, never the data set itself
                     pixels = x_chunk[:len(idx), :-1]
                     distort(pixels, augment, rng, out=pixels)
-                for b0 in range(0, len(idx), m):
-                    b1 = min(b0 + m, len(idx))
-                    xb, yb, size = x_chunk[b0:b1], y_chunk[b0:b1], b1 - b0
-                    if size not in workspaces:  # the last, smaller batch of an epoch
-                        workspaces[size] = Workspace(net, size, grad, **dropout)
-                    workspaces[size].backprop(xb, yb, scale=eta / size)  # grad = η ∇C
+                for xb, yb, workspace in full_chunk if len(idx) == chunk else batches(len(idx)):
+                    workspace.backprop(xb, yb, scale=eta / len(xb))  # grad = η ∇C
                     if decay is not None:  # ∇(λ/2n Σw²) = (λ/n) w, weights only
                         grad += (eta * config.l2 / n) * decay * net.params
                     if velocity is None:
