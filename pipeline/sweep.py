@@ -167,18 +167,30 @@ def held_fixed(config, grid: dict) -> str:
     return "; ".join([", ".join(fixed), *per_activation])
 
 
+def task_overrides(config) -> list[str]:
+    """The sweep's command-line overrides of the pipeline's settings (not Hydra's or paths)."""
+    return sorted(str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []
+                  if not str(o).startswith(("hydra", "paths.")))
+
+
+def sweep_key(config) -> str:
+    """What makes two sweeps the same: preset, grid, overrides, the values held fixed as
+    they resolve (an edited preset file changes them) and the code and lock. A rerun with
+    the same key resumes the parent; any difference starts a new one."""
+    grid = swept(config)
+    same = [preset_name(config), grid, task_overrides(config), held_fixed(config, grid),
+            tracking.code_digest()]
+    return hashlib.sha256(json.dumps(same).encode()).hexdigest()[:16]
+
+
 def open_parent(config, sweep_dir: Path) -> str:
-    """The sweep's parent run: the one of an earlier run of the same sweep (same preset,
-    grid, overrides and experiment), reopened, so that a resumed sweep keeps one parent
-    with all its children; else a new one, named after the preset."""
+    """The sweep's parent run: the one of an earlier run of the same sweep (sweep_key, in
+    the same experiment), reopened, so that a resumed sweep keeps one parent with all its
+    children; else a new one, named after the preset."""
     experiment_id = tracking.setup(config)
     client = mlflow.MlflowClient()
     preset, grid = preset_name(config), swept(config)
-    overrides = sorted(str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []
-                       if not str(o).startswith(("hydra", "paths.")))
-    # The same sweep of the same code and lock: a code change starts a new parent.
-    key = hashlib.sha256(json.dumps([preset, grid, overrides, tracking.code_digest()])
-                         .encode()).hexdigest()[:16]
+    key = sweep_key(config)
     tags = {"kind": "sweep", "sweep_key": key, "sweep_preset": preset,
             "sweep_dir": str(sweep_dir.resolve()), "git_commit": tracking.git_commit(),
             **tracking.process_tags()}
@@ -202,7 +214,7 @@ def open_parent(config, sweep_dir: Path) -> str:
     client.log_param(run.info.run_id, "sweep.held_fixed", fixed[:6000])
     for name, value in grid.items():
         client.log_param(run.info.run_id, f"sweep.{name}", value[:6000])
-    if overrides:
+    if overrides := task_overrides(config):
         client.log_param(run.info.run_id, "sweep.overrides", " ".join(overrides)[:6000])
     return run.info.run_id
 

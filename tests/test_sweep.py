@@ -228,8 +228,8 @@ def test_the_default_grid_gives_each_activation_its_own_init_and_rates(make_cfg)
             chosen[activation, step] = (cfg.model.init, cfg.train.learning_rate)
     assert {chosen["relu", s][0] for s in ("low", "mid", "high")} == {"he"}
     assert {chosen["sigmoid", s][0] for s in ("low", "mid", "high")} == {"scaled"}
-    assert [chosen["relu", s][1] for s in ("low", "mid", "high")] == [0.1, 0.3, 1.0]
-    assert [chosen["sigmoid", s][1] for s in ("low", "mid", "high")] == [1.0, 3.0, 10.0]
+    assert [chosen["relu", s][1] for s in ("low", "mid", "high")] == [0.03, 0.1, 0.3]
+    assert [chosen["sigmoid", s][1] for s in ("low", "mid", "high")] == [0.3, 1.0, 3.0]
     pinned = make_cfg("sweep=grid", "model.activation=relu", "train.learning_rate=3.0",
                       "model.init=normal")
     assert (pinned.model.init, pinned.train.learning_rate) == ("normal", 3.0)
@@ -240,8 +240,24 @@ def test_the_default_grid_gives_each_activation_its_own_init_and_rates(make_cfg)
     fixed = sweep.held_fixed(full, sweep.swept(full))
     assert "model.cost=quadratic" in fixed and "train.epochs=30" in fixed
     assert "model.init per activation: sigmoid scaled, tanh scaled, relu he" in fixed
-    assert "train.learning_rate per activation: sigmoid 1/3/10" in fixed
+    assert "train.learning_rate per activation: sigmoid 0.3/1/3" in fixed
     assert "model.activation" not in fixed.split(";")[0]  # swept, so not held fixed
+
+
+def test_an_edited_preset_starts_a_new_parent_instead_of_resuming_the_old_one():
+    """Resuming reopens the parent of the same sweep; a preset file edited since (here: the
+    ReLU η range) resolves to other children, so it must not mix them under that parent."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from pipeline import sweep
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        config = compose("config", overrides=["sweep=grid"], return_hydra_config=True)
+        again = compose("config", overrides=["sweep=grid"], return_hydra_config=True)
+    assert sweep.sweep_key(config) == sweep.sweep_key(again)
+    with open_dict(again):
+        again.sweep.eta.relu.high = 1.0
+    assert sweep.sweep_key(config) != sweep.sweep_key(again)
 
 
 def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children():
