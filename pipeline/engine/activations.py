@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+# The constant 1 as a 0-d array per float type: NumPy converts a Python scalar operand on
+# every call, which costs as much as the whole operation on a batch-10 array (~0.3 µs).
+ONE = {np.dtype(t): np.ones((), dtype=t) for t in (np.float32, np.float64)}
+
 
 class Sigmoid:
     """σ(z) = 1 / (1 + e⁻ᶻ), σ'(z) = σ(z)(1 − σ(z))."""
@@ -22,7 +26,7 @@ class Sigmoid:
     @staticmethod
     def multiply_derivative(a: np.ndarray, d: np.ndarray, scratch: np.ndarray) -> None:
         """d ⊙= σ'(z), from a = σ(z)."""
-        np.subtract(1, a, out=scratch)
+        np.subtract(ONE.get(a.dtype, 1), a, out=scratch)
         scratch *= a
         d *= scratch
 
@@ -37,7 +41,7 @@ class Tanh:
     @staticmethod
     def multiply_derivative(a: np.ndarray, d: np.ndarray, scratch: np.ndarray) -> None:
         np.multiply(a, a, out=scratch)
-        np.subtract(1, scratch, out=scratch)
+        np.subtract(ONE.get(a.dtype, 1), scratch, out=scratch)
         d *= scratch
 
 

@@ -3,7 +3,8 @@
 A cost class says four things:
     output(z)      the output activations aᴸ from the weighted input zᴸ
     fn(a, y)       C_x for each example (row), in float64
-    delta(a, y)    δᴸ = ∂C_x/∂zᴸ, written in place and multiplied by `scale`
+    delta(a, y)    δᴸ = ∂C_x/∂zᴸ, written in place and multiplied by `scale` (a float or,
+                   cheaper on small batches, a 0-d array of a's type)
     probabilities  the class probabilities the output stands for (for log loss and serving)
 Adding a cost is one class and one line in COSTS.
 """
@@ -31,8 +32,8 @@ class Quadratic:
               scratch: np.ndarray) -> None:
         """δᴸ = (a − y) ⊙ σ'(zᴸ), σ' = a(1 − a)."""
         np.subtract(a, onehot, out=out)
-        t = np.multiply(a, -scale, out=scratch)
-        t += scale
+        t = np.multiply(a, scale, out=scratch)
+        np.subtract(scale, t, out=t)  # scale · (1 − a)
         t *= a
         out *= t
 

@@ -111,7 +111,7 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
             views.append((x_chunk[b0:b1], y_chunk[b0:b1], workspaces[b1 - b0]))
         return views
 
-    full_chunk = batches(chunk)
+    full_chunk, last_chunk = batches(chunk), batches(n % chunk)  # the last has n mod chunk rows
     history = []
     # Small matrices gain nothing from BLAS threads and lose a lot to oversubscription.
     # Overflow is not warned about: a non-finite weight is caught below and reported.
@@ -119,6 +119,8 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
     with one_thread, np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(config.epochs):
             eta = config.eta(epoch)
+            # the step's scale η/m, as 0-d arrays: a Python float is converted on every use
+            scales = {size: np.asarray(eta / size, dtype=net.dtype) for size in workspaces}
             start = time.perf_counter()
             order = rng.permutation(n)
             for c0 in range(0, n, chunk):
@@ -129,8 +131,8 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
                 if augment is not None:  # the gathered copies, never the data set itself
                     pixels = x_chunk[:len(idx), :-1]
                     distort(pixels, augment, rng, out=pixels)
-                for xb, yb, workspace in full_chunk if len(idx) == chunk else batches(len(idx)):
-                    workspace.backprop(xb, yb, scale=eta / len(xb))  # grad = η ∇C
+                for xb, yb, workspace in full_chunk if len(idx) == chunk else last_chunk:
+                    workspace.backprop(xb, yb, scale=scales[len(xb)])  # grad = η ∇C
                     if decay is not None:  # ∇(λ/2n Σw²) = (λ/n) w, weights only
                         grad += (eta * config.l2 / n) * decay * net.params
                     if velocity is None:
