@@ -20,6 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 from threadpoolctl import threadpool_limits
 
 # A bar per artifact download drowns the pipeline's own log.
@@ -31,7 +32,7 @@ import mlflow  # noqa: E402
 
 from pipeline import describe
 from pipeline.engine import DivergenceError
-from pipeline.errors import RunStopped
+from pipeline.errors import PipelineError, RunStopped
 from pipeline.environment import environment_tags, lock_digest
 from pipeline.paths import PROJECT_ROOT, from_root, process_alive, process_start
 
@@ -260,7 +261,16 @@ def logged_config(cfg, run_id: str):
     from pipeline.config import Config  # the schema; tracking is imported by config's users
 
     logged = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), logged)
+    try:
+        run_cfg = OmegaConf.merge(OmegaConf.structured(Config), logged)
+    except (ConfigKeyError, ValidationError) as e:  # a setting dropped, renamed or retyped since
+        commit = mlflow.MlflowClient().get_run(run_id).data.tags.get("git_commit", "unknown")
+        dirty = " (its tree had uncommitted changes too)" if commit.endswith("-dirty") else ""
+        raise PipelineError(
+            f"run {run_id} was logged with {e.full_key}={OmegaConf.select(logged, e.full_key)!r}, "
+            f"a setting this code does not know or types differently (dropped, renamed or "
+            f"changed since). Rerun it on the code that logged it: git checkout "
+            f"{commit.removesuffix('-dirty')}{dirty}") from None
     run_cfg.paths.data_dir = str(cfg.paths.data_dir)
     run_cfg.paths.mlruns_dir = str(cfg.paths.mlruns_dir)
     run_cfg.data.processed_dir = f"{cfg.paths.data_dir}/processed"

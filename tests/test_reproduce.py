@@ -76,3 +76,17 @@ def test_a_run_logged_before_a_setting_existed_reruns_with_its_default(logged_ru
                                 f"reproduce.run_id={run_id}"))["reproduce"]
     compared = table[~table.verdict.str.startswith(("timing", "not rerun"))]
     assert compared.verdict.str.startswith("identical").all(), table.to_string()
+
+
+def test_a_run_logged_with_a_setting_since_dropped_is_named_not_a_traceback(logged_run, make_cfg):
+    """Rerunning it on this code cannot be faithful: the user is told which setting and
+    which commit logged it."""
+    import mlflow
+    cfg, run_id, _ = logged_run
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+    MlflowClient().log_text(run_id, text.replace("  keep: final\n", "  keep: final\n  nesterov: true\n"),
+                            "config.yaml")
+    commit = MlflowClient().get_run(run_id).data.tags.get("git_commit", "")
+    with pytest.raises(PipelineError, match=r"train\.nesterov.*this code does not know.*"
+                                            + commit[:12]):
+        run_stages(make_cfg("data=digits", "stages=[reproduce]", f"reproduce.run_id={run_id}"))
