@@ -25,7 +25,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
-	$(UV) sync --locked --extra test
+	$(UV) sync --locked --extra test --compile-bytecode
 	rm -f $(EXTRAS_STAMP)  # an exact sync removed them
 	touch $@
 
@@ -33,14 +33,14 @@ $(STAMP): pyproject.toml uv.lock
 install-extras: $(EXTRAS_STAMP)
 
 $(EXTRAS_STAMP): $(STAMP)
-	$(UV) sync --locked --extra test --extra ray --extra postgres
+	$(UV) sync --locked --extra test --extra ray --extra postgres --compile-bytecode
 	touch $@
 
 ## refresh uv.lock to the newest versions pyproject.toml allows, then install them
 lock:
 	test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet uv==$(UV_VERSION); }
 	$(UV) lock --upgrade
-	$(UV) sync --frozen --extra test
+	$(UV) sync --frozen --extra test --compile-bytecode
 	touch $(STAMP)
 
 ## run the default pipeline (extra Hydra overrides: make run ARGS="data=digits")
@@ -73,10 +73,8 @@ register: install
 
 ## serve the champion on 127.0.0.1:$(SERVE_PORT) (MODEL=digits-classifier for another)
 serve: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
-	$(VENV)/bin/mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local \
-	  --host 127.0.0.1 --port $(SERVE_PORT)
+	$(PY) -m pipeline.serve --model $(MODEL) --port $(SERVE_PORT) \
+	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
 
 ## the MLflow UI over the project's store, on 127.0.0.1 (make ui PORT=5001 for another port)
 ui: install

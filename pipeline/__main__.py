@@ -1,3 +1,3 @@
-from pipeline.app import main
+from pipeline.app import cli
 
-main()
+cli()

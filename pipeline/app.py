@@ -2,11 +2,16 @@
 
 Each stage is `run(cfg, results) -> output`; `results` maps the stages run so far in this
 invocation to their outputs (e.g. evaluate reads the run ids that train returned).
+
+Exit codes: 0 done; 1 runs FAILED (recorded in MLflow with their reasons); 2 a user's
+mistake (a bad override, an unreachable store), one line, nothing written; 128 + the
+signal's number when stopped (130 Ctrl-C, 143 SIGTERM), the runs ended KILLED.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -14,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import (analyze, compare, config, download, evaluate, preprocess, registry,
-                      reproduce, search, sweep, tracking, train)
-from pipeline.errors import USER_ERRORS, RunFailed
+from pipeline import (analyze, compare, config, download, evaluate, interrupts, logs, preprocess,
+                      registry, reproduce, search, sweep, tracking, train)
+from pipeline.errors import USER_ERRORS, RunFailed, user_error
 from pipeline.paths import PROJECT_ROOT
 
 log = logging.getLogger("pipeline")
@@ -52,16 +57,25 @@ def run_stages(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> None:
+    # A stop signal ends the runs KILLED; processes this one started (search workers)
+    # are stopped first, so that they close theirs.
+    interrupts.install(before_raising=lambda _: interrupts.stop_descendants())
+    logs.redact_all_handlers()
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_stages(cfg)
-        except USER_ERRORS as e:  # a user mistake: one message, no traceback
-            log.error("%s", e)
-            sys.exit(2)
+        except (interrupts.Interrupted, KeyboardInterrupt) as e:
+            stopped(e)
         except RunFailed as e:  # recorded in MLflow with the reasons; a script must notice
             log.error("%s", e)
             sys.exit(1)
+        except Exception as e:
+            mistake = user_error(e)
+            if mistake is None:
+                raise
+            log.error("%s", mistake)  # a user mistake: one message, no traceback
+            sys.exit(2)
         return
     # A sweep job: its runs are children of the sweep's parent run, and a failure is
     # recorded (the run ends FAILED) without stopping the other jobs.
@@ -71,7 +85,46 @@ def main(cfg: DictConfig) -> None:
     result = {"config_hash": tracking.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
     try:
         result.update(status="ok", runs=run_stages(cfg).get("train", []))
+    except (interrupts.Interrupted, KeyboardInterrupt) as e:
+        # Its run is KILLED; this worker process ends too, so that it takes no next job
+        # (the launcher, stopped by the same signal, is waiting for it to end).
+        result.update(status="interrupted", error=interrupts.reason(e))
+        sweep.write_job_result(hydra_cfg.runtime.output_dir, result)
+        log.error("job %s", interrupts.reason(e))
+        logging.shutdown()
+        os._exit(interrupts.exit_code(e))
     except Exception as e:  # noqa: BLE001 — any failure of one job must not end the sweep
         log.error("job failed: %s: %s", type(e).__name__, e)
         result.update(status="failed", error=f"{type(e).__name__}: {e}")
     sweep.write_job_result(hydra_cfg.runtime.output_dir, result)
+
+
+def stopped(error: BaseException) -> None:
+    """After a stop signal: end KILLED what this process still has RUNNING (a sweep's or a
+    search's parent) and the runs of the processes it started, now ended (a sweep's
+    children); say so in one line; exit 128 + the signal's number."""
+    closed = list(tracking.INTERRUPTED_RUNS)
+    if tracking.store_in_use():
+        try:
+            closed += tracking.close_own_runs(interrupts.reason(error)) + tracking.reap_orphans()
+        except Exception as e:  # noqa: BLE001 — a store gone too: the reaper closes them later
+            log.warning("could not close the runs left RUNNING: %s", logs.redact(str(e))[:300])
+    log.error("%s: stopped%s", interrupts.reason(error),
+              f"; run(s) {', '.join(closed)} ended KILLED" if closed else "")
+    logging.shutdown()
+    sys.exit(interrupts.exit_code(error))
+
+
+def cli() -> None:
+    """`python -m pipeline`: the Hydra app, with Hydra's own errors (an unknown key, a value
+    of the wrong type, a group given a scalar) as one line and exit 2, as ours are."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of printing them
+    try:
+        main()
+    except (interrupts.Interrupted, KeyboardInterrupt) as e:  # a sweep's launcher
+        stopped(e)
+    except Exception as e:
+        if interrupts.installed():  # raised after our code started: not a config mistake
+            raise
+        print(f"error: {config.override_error(e)}", file=sys.stderr)
+        sys.exit(2)

@@ -17,25 +17,26 @@ it trains on one BLAS thread, so train_seconds compare like with like.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import skops
+import skops.io
 import sklearn
 from mlflow.models import infer_signature
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
-from pipeline import metrics, tracking
+from pipeline import metrics, pyfunc_sklearn, tracking
 from pipeline.engine import DivergenceError
 
 log = logging.getLogger(__name__)
 SKLEARN_ACTIVATION = {"sigmoid": "logistic", "relu": "relu", "tanh": "tanh"}
-# skops loads only types it is told to trust; these are the optimizer's.
-SKOPS_TRUSTED_TYPES = ["sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-                       "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
 
 
 def equivalent_alpha(l2: float, batch_size: int, n_train: int) -> float:
@@ -71,9 +72,17 @@ def train_sklearn(cfg, data) -> str:
         for epoch in range(1, cfg.train.epochs + 1):
             start = time.perf_counter()
             try:
-                with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+                with warnings.catch_warnings(record=True) as caught, \
+                        threadpool_limits(limits=1, user_api="blas"):
                     warnings.simplefilter("ignore", ConvergenceWarning)  # one epoch per call
+                    warnings.simplefilter("always", UserWarning)
                     clf.partial_fit(x, y, classes=classes)
+                # MLPClassifier catches a Ctrl-C mid-epoch, warns and returns as if the
+                # epoch were whole; the run must end KILLED, not FINISHED half-trained.
+                for w in caught:
+                    if "interrupted by user" in str(w.message):
+                        raise KeyboardInterrupt
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             except ValueError as e:  # "Solver produced non-finite parameter weights"
                 if "non-finite" not in str(e):
                     raise
@@ -97,10 +106,18 @@ def train_sklearn(cfg, data) -> str:
         tracking.log_metrics({**final, "train_seconds": train_seconds})
         log.info("train: sklearn_mlp test accuracy %.4f", final["test_accuracy"])
         if cfg.tracking.log_model:
-            sample = data.x("test")[:5]
-            mlflow.sklearn.log_model(
-                clf, name="model", serialization_format="skops",
-                skops_trusted_types=SKOPS_TRUSTED_TYPES,
-                signature=infer_signature(sample, clf.predict(sample)),
-                pip_requirements=[f"scikit-learn=={sklearn.__version__}", "skops"])
+            log_classifier(clf, data)
         return active.info.run_id
+
+
+def log_classifier(clf: MLPClassifier, data) -> None:
+    """The estimator as a pyfunc model logged from code (pyfunc_sklearn.py): saved with skops,
+    never pickled, and checking its input as ours does."""
+    sample = data.x("test")[:5]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "estimator.skops"
+        skops.io.dump(clf, path)
+        tracking.log_model_from_code(
+            pyfunc_sklearn.__file__, {"estimator": str(path)}, infer_signature(sample, clf.predict(sample)),
+            [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}",
+             f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"])

@@ -8,9 +8,14 @@ checked by `validate`, which names every offending key and what it accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
+import sys
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +23,11 @@ from omegaconf import MISSING, OmegaConf
 
 from pipeline.errors import PipelineError
 from pipeline.engine import ACTIVATIONS, COSTS, INITS, SCHEDULES, SGDConfig
+from pipeline.paths import PROJECT_ROOT, check_writable, from_root
+
+# The datasets the pipeline knows: images in all (before any split), pixels per image.
+DATASETS = {"mnist": {"images": 60000, "pixels": 784}, "digits": {"images": 1797, "pixels": 64}}
+N_CLASSES = 10
 
 
 @dataclass
@@ -32,6 +42,9 @@ class DataConfig:
     raw_dir: Optional[str] = None
     processed_dir: str = MISSING
     mirrors: list[str] = field(default_factory=list)
+    # Seconds a mirror may take for one file before the next mirror is tried (a mirror
+    # that drips bytes never trips a per-read timeout).
+    mirror_deadline: float = 300.0
     validation_size: int = MISSING
     test_size: Optional[int] = None
     split_seed: int = 0
@@ -95,7 +108,7 @@ class AnalyzeConfig:
 @dataclass
 class RegisterConfig:
     run_id: Optional[str] = None  # the run to register (make register RUN_ID=<id>)
-    model_name: str = "${data.name}-classifier"  # one registered model per dataset
+    model_name: Optional[str] = None  # default: <the run's dataset>-classifier
     alias: str = "champion"  # what make serve serves
 
 
@@ -174,6 +187,7 @@ def in_range(low, high) -> tuple[Callable[[Any], bool], str]:
 
 
 # Values that end up inside MLflow filter strings must be plain names or run ids.
+SEED = in_range(0, 2**32)  # what numpy's and scikit-learn's RandomState accept
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 RUN_ID = ((lambda v: bool(_RUN_ID.match(str(v)))), "a run id: 32 hex digits, as the MLflow UI shows")
@@ -182,9 +196,9 @@ NAME = ((lambda v: bool(_NAME.match(str(v)))), "a name of letters, digits, '_', 
 
 CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stages": ((lambda v: len(v) > 0), "a non-empty list of stages, e.g. [train,evaluate]"),
-    "seed": at_least(0),
-    "data.name": one_of("mnist", "digits"),
-    "data.split_seed": at_least(0),
+    "seed": SEED,
+    "data.name": one_of(*DATASETS),
+    "data.split_seed": SEED,
     "data.validation_size": at_least(1),
     "data.test_size": at_least(1),
     "data.label_shuffle": ((lambda v: 0 <= v <= 1), "a fraction in [0, 1]"),
@@ -214,6 +228,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.augment.elastic_alpha": at_least(0),
     "train.augment.elastic_sigma": greater_than(0),
     "baseline.name": one_of("none", "sklearn_mlp"),
+    "data.mirror_deadline": greater_than(0),
     "analyze.seeds": at_least(2),
     "analyze.noise_images": at_least(1),
     "analyze.memorize_subset": at_least(10),
@@ -231,15 +246,19 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "search.pruner": one_of("median", "none"),
     "search.pruner_startup_trials": at_least(0),
     "search.pruner_warmup_epochs": at_least(0),
-    "search.seed": at_least(0),
+    "search.seed": SEED,
+    "evaluate.misclassified": at_least(0),
     "search.study": NAME,
     "search.stale_after": at_least(10),
 }
 
 
 def validate(cfg, stages: dict) -> None:
-    """Raise PipelineError naming every key whose value breaks its constraint."""
-    problems = []
+    """Raise PipelineError naming every key whose value breaks its constraint, every key
+    the schema does not know, and a network too large for this machine's memory; then,
+    the settings being sound, check that the store's folder can be written."""
+    problems = [f"{key}: not a setting (a typo? `python -m pipeline --help` lists them)"
+                for key in unknown_keys(cfg)]
     for key, (ok, accepts) in CONSTRAINTS.items():
         value = OmegaConf.select(cfg, key)
         if value is None:
@@ -271,8 +290,70 @@ def validate(cfg, stages: dict) -> None:
     elif n_train is not None and "train" in cfg.stages and cfg.train.batch_size > n_train:
         problems.append(f"train.batch_size={cfg.train.batch_size}: must be at most the "
                         f"training set size ({n_train} images)")
+    if not problems and ({"train", "search"} & set(cfg.stages)):
+        problems += memory_problems(cfg)
     if problems:
         raise PipelineError("invalid config:\n  " + "\n  ".join(problems))
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        check_writable(from_root(cfg.paths.mlruns_dir), "the MLflow store", "paths.mlruns_dir")
+
+
+def unknown_keys(cfg, schema: type | None = None, prefix: str = "") -> list[str]:
+    """Dotted keys of `cfg` that the schema (the Config dataclass) does not have. Hydra
+    refuses most of them itself, but adds `+group.key=value`, and a typo there would be
+    silently ignored (or reach a constructor as a traceback)."""
+    schema = schema or Config
+    types = typing.get_type_hints(schema)
+    found = []
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        if key not in types:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(types[key]) and OmegaConf.is_dict(cfg._get_node(key)):
+            found += unknown_keys(cfg._get_node(key), types[key], f"{prefix}{key}.")
+    return found
+
+
+def memory_problems(cfg) -> list[str]:
+    """A network whose training would not fit in this machine's available memory, named
+    before anything is allocated (numpy would fail half-way with a traceback, or the OOM
+    killer end the run without a word)."""
+    need = training_bytes(cfg)
+    available = available_memory()
+    if available is None or need <= 0.8 * available:
+        return []
+    sizes = [DATASETS[cfg.data.name]["pixels"], *cfg.model.hidden_sizes, N_CLASSES]
+    n_params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    return [f"model.hidden_sizes={list(cfg.model.hidden_sizes)}: a {'-'.join(map(str, sizes))} "
+            f"network has {n_params:,} weights and biases; training it needs about "
+            f"{need / 2**30:,.1f} GiB of memory and this machine has {available / 2**30:.1f} GiB "
+            "available. Use smaller hidden layers"]
+
+
+def training_bytes(cfg) -> int:
+    """A lower bound on what training needs: for ours, the weights, their gradient, the
+    momentum velocity and the kept best copy in the network's float type, plus the
+    activations of a 10,000-row evaluation chunk; scikit-learn's baseline keeps its
+    weights, gradients and velocities in float64."""
+    sizes = [DATASETS[cfg.data.name]["pixels"], *cfg.model.hidden_sizes, N_CLASSES]
+    n_params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    itemsize = 8 if cfg.train.dtype == "float64" else 4
+    activations = 10000 * sum(sizes) * itemsize * 2
+    ours = n_params * itemsize * 4 + activations
+    theirs = n_params * 8 * 3 + activations * 2 if cfg.baseline.name == "sklearn_mlp" else 0
+    return max(ours, theirs)  # the families train one after the other
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _leaves(cfg, prefix: str = ""):
@@ -290,10 +371,38 @@ def _leaves(cfg, prefix: str = ""):
 
 def training_set_size(data_cfg) -> int | None:
     """Images left for training once the validation (and, for digits, test) split is out."""
-    total = {"mnist": 60000, "digits": 1797}.get(data_cfg.name)
-    if total is None:
+    if data_cfg.name not in DATASETS:
         return None
-    return total - int(data_cfg.validation_size) - int(data_cfg.test_size or 0)
+    return DATASETS[data_cfg.name]["images"] - int(data_cfg.validation_size) - int(data_cfg.test_size or 0)
+
+
+# ---- Hydra's own refusals, as one line -------------------------------------------------
+
+def override_error(error: Exception, argv: list[str] | None = None) -> str:
+    """One line for an override Hydra refused before the app ran: a group given something
+    that is not one of its presets, an unknown key, a value of the wrong type."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        group = PROJECT_ROOT / "conf" / key
+        if group.is_dir() and "," not in value:
+            presets = sorted(p.stem for p in group.glob("*.yaml"))
+            if value not in presets and value != "null":
+                return f"{arg}: {key} takes the name of a preset in conf/{key}/: {', '.join(presets)}"
+    lines = []
+    for part in (error, error.__cause__):
+        if part is None:
+            continue
+        for line in str(part).splitlines():
+            line = line.strip()
+            if line and not line.startswith(("full_key:", "object_type", "reference_type",
+                                              "To append to your config")):
+                lines.append(line.rstrip("."))
+                break
+    cause = str(error.__cause__ or "")
+    if match := re.match(r"Key '([^']+)' (is )?not in", cause):
+        full_key = getattr(error.__cause__, "full_key", None) or match[1]
+        lines = [f"{full_key}: not a setting (a typo?)"]
+    return "; ".join(dict.fromkeys(lines)) + " (`python -m pipeline --help` lists the settings)"
 
 
 _ABSENT = object()

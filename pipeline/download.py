@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write, from_root, remove_orphaned_temp_files
+from pipeline.paths import atomic_write, check_writable, from_root, remove_orphaned_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ MNIST_FILES = {
 }
 MIRROR_ENV = "PIPELINE_DATA_MIRROR"
 _CHUNK = 1 << 16
+READ_TIMEOUT = 30  # seconds a single read may wait for bytes
 
 
 class DownloadError(PipelineError):
@@ -53,7 +55,8 @@ def run(cfg, results: dict | None = None) -> dict[str, Path]:
     for orphan in remove_orphaned_temp_files(dest_dir):
         log.info("download: removed %s, left behind by a killed download", orphan)
     mirrors = mirror_list(cfg.data.mirrors)
-    return {name: fetch(name, md5, mirrors, dest_dir) for name, md5 in MNIST_FILES.items()}
+    deadline = cfg.data.get("mirror_deadline") or 300.0
+    return {name: fetch(name, md5, mirrors, dest_dir, deadline) for name, md5 in MNIST_FILES.items()}
 
 
 def mirror_list(configured) -> list[str]:
@@ -76,8 +79,10 @@ def md5_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(name: str, md5: str, mirrors: list[str], dest_dir: Path) -> Path:
-    """Return `dest_dir/name` with MD5 `md5`, fetching it from the first mirror that has it."""
+def fetch(name: str, md5: str, mirrors: list[str], dest_dir: Path,
+          deadline: float = 300.0) -> Path:
+    """Return `dest_dir/name` with MD5 `md5`, fetching it from the first mirror that has it
+    within `deadline` seconds."""
     dest = dest_dir / name
     if dest.exists():
         if md5_of(dest) == md5:
@@ -85,10 +90,11 @@ def fetch(name: str, md5: str, mirrors: list[str], dest_dir: Path) -> Path:
             return dest
         log.warning("download: %s fails its checksum; deleting it and fetching again", dest)
         dest.unlink()
+    check_writable(dest_dir, name, "paths.data_dir")  # not a mirror's fault: say so at once
     failures = []
     for mirror in mirrors:
         try:
-            _fetch_from(mirror, name, md5, dest)
+            _fetch_from(mirror, name, md5, dest, deadline)
             log.info("download: %s verified (from %s)", name, mirror)
             return dest
         except (OSError, ValueError, ChecksumMismatch) as e:  # URLError is an OSError
@@ -102,26 +108,34 @@ def fetch(name: str, md5: str, mirrors: list[str], dest_dir: Path) -> Path:
     )
 
 
-def _fetch_from(mirror: str, name: str, md5: str, dest: Path) -> None:
-    source, size = _open(mirror, name)
+def _fetch_from(mirror: str, name: str, md5: str, dest: Path, deadline: float) -> None:
+    give_up = time.monotonic() + deadline
+    source, size = _open(mirror, name, min(READ_TIMEOUT, deadline))
     h = hashlib.md5()
+    got = 0
     with source, atomic_write(dest) as out, tqdm(
         total=size, unit="B", unit_scale=True, desc=name, disable=None, leave=False
     ) as bar:
-        for chunk in iter(lambda: source.read(_CHUNK), b""):
+        # read1: what has arrived (read() would wait for a whole chunk of a dripping mirror)
+        read = getattr(source, "read1", source.read)
+        for chunk in iter(lambda: read(_CHUNK), b""):
             h.update(chunk)
             out.write(chunk)
+            got += len(chunk)
             bar.update(len(chunk))
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"too slow: {got:,} of {size or '?'} bytes in {deadline:g} s "
+                                   "(data.mirror_deadline)")
         if h.hexdigest() != md5:
             # Raised inside atomic_write: the temp file is removed, dest is never created.
             raise ChecksumMismatch(f"checksum mismatch (md5 {h.hexdigest()}, expected {md5})")
 
 
-def _open(mirror: str, name: str) -> tuple[BinaryIO, int | None]:
+def _open(mirror: str, name: str, timeout: float) -> tuple[BinaryIO, int | None]:
     """Open `name` at `mirror` for reading; return the stream and its size if known."""
     scheme = urllib.parse.urlsplit(mirror).scheme
     if scheme in ("http", "https"):
-        response = urllib.request.urlopen(f"{mirror.rstrip('/')}/{name}", timeout=60)
+        response = urllib.request.urlopen(f"{mirror.rstrip('/')}/{name}", timeout=timeout)
         length = response.headers.get("Content-Length")
         return response, int(length) if length else None
     if scheme == "file":

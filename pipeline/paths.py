@@ -71,7 +71,23 @@ def remove_orphaned_temp_files(folder: Path, max_age: float = ORPHAN_AGE) -> lis
                 removed.append(path)
         except FileNotFoundError:  # its writer renamed or removed it meanwhile
             pass
+        except OSError:  # a read-only folder: nothing can be cleaned, and nothing written
+            break
     return removed
+
+
+def check_writable(folder: Path, what: str, key: str) -> None:
+    """PipelineError unless `folder` exists or can be made and a file can be written in it;
+    the message names the folder, what goes there and the setting `key` that moves it."""
+    from pipeline.errors import PipelineError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise PipelineError(f"cannot write {what} in {folder} ({e.strerror or e}): make it "
+                            f"writable, or point {key} at a writable folder") from None
 
 
 def process_alive(pid: int, started: str = "") -> bool:

@@ -112,8 +112,11 @@ class Cluster:
                               capture_output=True, text=True)
         if done.returncode:
             return None
-        lines = (self.data / "postmaster.pid").read_text().splitlines()
-        return int(lines[3])  # postmaster.pid: pid, data dir, start time, port, ...
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+            return int(lines[3])  # postmaster.pid: pid, data dir, start time, port, ...
+        except (OSError, IndexError, ValueError):  # it stopped meanwhile
+            return None
 
     def start(self, port: int) -> None:
         _run([str(bindir() / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
@@ -121,9 +124,13 @@ class Cluster:
               f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''"],
              f"starting PostgreSQL on 127.0.0.1:{port} (its log: {self.log})")
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the cluster; False if it had stopped already (crashed, killed)."""
+        if self.port() is None:
+            return False
         _run([str(bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data)],
              "stopping PostgreSQL")
+        return True
 
     def create_databases(self, port: int) -> None:
         import psycopg  # the postgres extra: make server installs it

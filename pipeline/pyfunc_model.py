@@ -3,11 +3,16 @@
 Logged as "models from code": MLflow stores this file, the network's .npz and the engine
 (pipeline/engine, numpy and scipy only) and rebuilds the model from them, so nothing is
 pickled and loading needs nothing of the pipeline (no Hydra, pandas or scikit-learn).
+Input it was not trained for (wrong width, NaN, values outside [0, 1]) is refused: a
+served model answers HTTP 400 with the reason.
 """
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from pipeline.engine.inputs import InputError, check_pixels
 from pipeline.engine.network import Network
 
 
@@ -17,7 +22,11 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         """The predicted digit (brightest output neuron) for each row of pixels in [0, 1]."""
-        return self.net.predict(np.asarray(model_input, dtype=self.net.dtype))
+        try:
+            x = check_pixels(model_input, self.net.sizes[0], self.net.dtype)
+        except InputError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        return self.net.predict(x)
 
 
 mlflow.models.set_model(DigitClassifier())

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline import config, postgres, preprocess, sweep, tracking, train
+from pipeline import config, interrupts, postgres, preprocess, sweep, tracking, train
 from pipeline.engine import DivergenceError
 from pipeline.errors import PipelineError, RunFailed, RunStopped
 from pipeline.paths import from_root
@@ -84,6 +83,10 @@ def run(cfg, results: dict) -> str:
         else:
             ended = []
             work(cfg, study, parent)
+    except (interrupts.Interrupted, KeyboardInterrupt) as e:  # its workers are stopped
+        if cfg.search.summarize:
+            close_parent(parent, "KILLED", interrupts.reason(e))
+        raise
     except BaseException as e:
         if cfg.search.summarize:
             close_parent(parent, "FAILED", f"{type(e).__name__}: {e}")
@@ -264,12 +267,10 @@ def launch_workers(cfg, study: optuna.Study) -> list[str]:
          f"hydra.run.dir={run_dir}/worker-{i}"],
         env=env) for i in range(cfg.search.workers)]
     log.info("search: %d workers started (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers))
-    stop = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         for worker in workers:
             worker.wait()
     finally:  # stopped ourselves (Ctrl-C, SIGTERM): no worker goes on unsupervised
-        signal.signal(signal.SIGTERM, stop)
         for worker in workers:
             if worker.poll() is None:
                 worker.terminate()
@@ -278,10 +279,6 @@ def launch_workers(cfg, study: optuna.Study) -> list[str]:
     return [f"worker {i} (pid {w.pid}) ended with " +
             (f"killed by signal {-w.returncode}" if w.returncode < 0 else f"exit status {w.returncode}")
             for i, w in enumerate(workers) if w.returncode]
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def work(cfg, study: optuna.Study, parent: str) -> None:
@@ -348,6 +345,9 @@ def objective(cfg, trial: optuna.Trial, space: dict, fixed: list[str], parent: s
         run_id = train.train_numpy(trial_cfg, datasets[key], report=report)
     except Pruned as e:
         raise optuna.TrialPruned(str(e)) from e
+    except interrupts.Interrupted:  # Optuna lets it through with the trial RUNNING: end it
+        trial.study.tell(trial.number, state=TrialState.FAIL)
+        raise
     except Exception:
         if "mlflow_run_id" not in trial.user_attrs:  # failed before its first epoch ended
             link_run(trial)

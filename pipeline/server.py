@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         return ui.run_server(server_command(args, artifacts, allowed), env=env)
     finally:
         if started:
-            cluster.stop()
+            try:
+                if not cluster.stop():
+                    print(f"PostgreSQL in {cluster.data} had stopped already (its log: "
+                          f"{cluster.log})", file=sys.stderr, flush=True)
+            except PipelineError as e:
+                print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import plots, registry, tracking
+from pipeline import interrupts, logs, plots, registry, tracking
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,10 @@ class SweepCallback(Callback):
         # Workers start after this: one BLAS thread each, or 2 jobs × N threads fight for cores.
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = "1"
+        # Ctrl-C or SIGTERM to the launcher stops its workers first (each closes its run
+        # KILLED); then the app closes the parent (app.stopped).
+        interrupts.install(before_raising=lambda _: interrupts.stop_descendants())
+        logs.redact_all_handlers()
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -272,29 +276,52 @@ def best_child(table: pd.DataFrame, family: str | None = None) -> pd.Series | No
 
 def register_best(config, parent: str, table: pd.DataFrame | None) -> str | None:
     """Register the sweep's best finished child of either family (by validation accuracy)
-    as the champion of register.model_name; tag the parent with it."""
+    as the champion of its dataset's model, if it beats the champion on the same
+    validation split; tag the parent with what was compared and the outcome."""
     if table is None or not config.tracking.log_model:
         return None
     best = best_child(table)
     if best is None:
         return None
-    name, alias = config.register.model_name, config.register.alias
     client = mlflow.MlflowClient()
-    try:  # a sweep takes the alias only from a worse champion (make register always does)
-        current = client.get_model_version_by_alias(name, alias)
-        if float(current.tags.get("val_accuracy", "nan")) >= best.val_accuracy:
-            log.info("sweep: best run %s (val %.4f) does not beat %s @%s (val %s): not registered",
-                     best.run_id, best.val_accuracy, name, alias, current.tags.get("val_accuracy"))
-            return None
-    except mlflow.exceptions.MlflowException:
-        pass  # no champion yet
+    run = client.get_run(best.run_id)
+    name = config.register.model_name or registry.model_name_for(run.data.params.get("data.name", "mnist"))
+    alias = config.register.alias
+    split = registry.validation_split(run)
+    verdict = champion_gate(client, name, alias, best, split)
+    client.set_tag(parent, "champion_gate", verdict[:5000])
+    if not verdict.startswith("registered"):
+        log.info("sweep: %s", verdict)
+        return None
     try:
         version = registry.register(best.run_id, name, alias)
     except (PipelineError, mlflow.exceptions.MlflowException) as e:  # the sweep still ends
         log.warning("sweep: best run %s not registered: %s", best.run_id, e)
         return None
     client.set_tag(parent, "registered_model", f"{name} v{version} @{alias}")
+    log.info("sweep: %s", verdict)
     return version
+
+
+def champion_gate(client, name: str, alias: str, best, split: str) -> str:
+    """Whether the sweep's best child takes `alias` of model `name`, and why: only from a
+    champion with a lower validation accuracy on the same validation split (a score on 10
+    images and one on 300 are not comparable). Starts with "registered" if it does."""
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return f"registered: best run {best.run_id} (val {best.val_accuracy:.4f}) as the first {name} @{alias}"
+    theirs = current.tags.get("val_split")
+    if theirs != split:
+        return (f"not compared: {name} @{alias} (version {current.version}) was scored on "
+                f"{theirs or 'a validation split it did not record'}, the best run {best.run_id} "
+                f"on {split}; their accuracies are not comparable. To make it the champion: "
+                f"make register RUN_ID={best.run_id}")
+    compared = (f"best run {best.run_id} val {best.val_accuracy:.4f} vs {name} @{alias} "
+                f"(version {current.version}) val {current.tags.get('val_accuracy')}, on {split}")
+    if float(current.tags.get("val_accuracy", "nan")) >= best.val_accuracy:
+        return f"not registered: {compared}: it does not beat the champion"
+    return f"registered: {compared}"
 
 
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:

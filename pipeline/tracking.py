@@ -12,10 +12,14 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
+import tempfile
+import time
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from filelock import FileLock
@@ -28,13 +32,23 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow would copy the project's uv.lock into every logged model, and restore the whole
 # project from it when serving: our models need only the engine and their requirements.txt.
 os.environ.setdefault("MLFLOW_LOG_UV_FILES", "false")
+# A tracking server that is down or stalled must fail a command in seconds, not after
+# MLflow's default 7 retries with doubling back-off of 120-second requests (~12 minutes).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints "View run … at: <tracking URI>", password included; the pipeline prints
+# its own links, credentials stripped (pipeline/logs.py).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 import mlflow  # noqa: E402
 
-from pipeline import describe
+from pipeline import describe, interrupts
 from pipeline.engine import DivergenceError
 from pipeline.errors import PipelineError, RunStopped
 from pipeline.environment import environment_tags, lock_digest
-from pipeline.paths import PROJECT_ROOT, from_root, process_alive, process_start
+from pipeline.logs import redact
+from pipeline.paths import (PROJECT_ROOT, from_root, process_alive, process_start,
+                            remove_orphaned_temp_files, temp_prefix)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +70,13 @@ def artifact_root(cfg) -> str:
 
 
 _READY_STORES: set[str] = set()
+_REAPED_STORES: set[str] = set()
+INTERRUPTED_RUNS: list[str] = []  # the runs of this process a stop signal ended KILLED
 
 
 def setup(cfg) -> str:
     """Point MLflow at the store, create the experiment if needed, close the runs whose
-    process is gone (reap_orphans); return the experiment's id."""
+    process is gone (reap_orphans, once per process); return the experiment's id."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         initialise_sqlite(uri)
@@ -86,24 +102,93 @@ def setup(cfg) -> str:
         client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
         client.set_experiment_tag(experiment_id, "mlflow.note.content", describe.EXPERIMENT_NOTE)
     mlflow.set_experiment(experiment_id=experiment_id)
-    reap_orphans(experiment_id)
+    if uri not in _REAPED_STORES:
+        reap_orphans()
+        _REAPED_STORES.add(uri)
     return experiment_id
 
 
 def initialise_sqlite(uri: str) -> None:
-    """Create or upgrade a SQLite store's schema once, under a file lock beside it.
+    """Make sure a SQLite store is whole before MLflow opens it; once per process.
 
-    MLflow creates the tables and runs its migrations when a process first opens a store;
-    two processes doing so at once on a fresh file crash ('table ... already exists'). The
-    lock makes the first one build the schema and the others find it built.
+    MLflow builds a new store in steps (the tables, then some 60 migrations), and a
+    process stopped half-way left a file every later run failed on ('duplicate column
+    name: step'). So a new store is built in a temp file beside it and renamed into place
+    once whole, under a file lock (two first runs at once build it once). An existing
+    store must be at MLflow's schema version: a half-made one without runs (older code,
+    a killed build) is moved aside and built again; one with runs is named, with the fix.
     """
     if uri in _READY_STORES:
         return
     db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{db}.lock", timeout=600):
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{db}.lock", timeout=600)
+        lock.acquire()
+    except OSError as e:
+        raise PipelineError(f"cannot create the MLflow store in {db.parent}: {e.strerror or e}. "
+                            "Set paths.mlruns_dir to a writable folder (or MLFLOW_TRACKING_URI "
+                            "to a tracking server)") from None
+    try:
+        remove_orphaned_temp_files(db.parent)  # a build killed half-way
+        if not db.exists() or db.stat().st_size == 0:
+            _build_sqlite_store(db)
+        elif problem := _schema_problem(db):
+            if _holds_runs(db):
+                raise PipelineError(
+                    f"the MLflow store {db} is not usable ({problem}). Back it up, then "
+                    f"upgrade it: mlflow db upgrade sqlite:///{db} (or set paths.mlruns_dir "
+                    "to a new folder)")
+            aside = db.with_name(f"{db.name}.half-made-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(db, aside)
+            log.warning("the MLflow store %s was half-made (%s) and held no runs: moved aside "
+                        "to %s and built again", db, problem, aside.name)
+            _build_sqlite_store(db)
+    finally:
+        lock.release()
     _READY_STORES.add(uri)
+
+
+def _build_sqlite_store(db: Path) -> None:
+    """MLflow's schema, built in a temp file and renamed onto `db` once complete."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow runs on an empty store
+
+    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=temp_prefix(db), suffix=".part")
+    os.close(fd)
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(tmp, db)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _schema_problem(db: Path) -> str | None:
+    """Why MLflow cannot use the store at `db`, or None if its schema is MLflow's current one."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error as e:
+        return f"no schema version: {e}"
+    head = _get_latest_schema_revision()
+    if not row or row[0] != head:
+        return f"schema version {row[0] if row else 'none'}, this MLflow needs {head}"
+    return None
+
+
+def _holds_runs(db: Path) -> bool:
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
+            return connection.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 # ---- run lifecycle: a RUNNING run must have a live process behind it ---------------------
@@ -114,14 +199,28 @@ def process_tags() -> dict[str, str]:
             "pid_started": process_start(os.getpid())}
 
 
-def reap_orphans(experiment_id: str) -> list[str]:
-    """Mark KILLED the RUNNING runs of this host whose process has ended (kill -9, power
-    loss); return their ids. Runs of live processes and of other hosts are left alone."""
+def _running_runs():
+    """Every RUNNING run of the store's active experiments."""
+    client = mlflow.MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    token = None
+    while ids:
+        page = client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=1000,
+                                  page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            break
+
+
+def reap_orphans() -> list[str]:
+    """Mark KILLED the RUNNING runs, anywhere in the store, of this host whose process has
+    ended (kill -9, power loss); return their ids. Runs of live processes and of other
+    hosts are left alone."""
     client = mlflow.MlflowClient()
     host = socket.gethostname()
     reaped = []
-    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
-                                  max_results=1000):
+    for run in _running_runs():
         tags = run.data.tags
         if tags.get("host") != host or not tags.get("pid", "").isdigit():
             continue
@@ -138,11 +237,31 @@ def reap_orphans(experiment_id: str) -> list[str]:
     return reaped
 
 
+def store_in_use() -> bool:
+    """Has this process set up a store (so that MLflow points at ours, not its default)?"""
+    return bool(_REAPED_STORES)
+
+
+def close_own_runs(reason: str) -> list[str]:
+    """End KILLED, with `reason`, every run still RUNNING that this process opened (a
+    sweep's or search's parent, a run a signal caught between two calls); return their ids."""
+    client = mlflow.MlflowClient()
+    mine = process_tags()
+    closed = []
+    for run in _running_runs():
+        if all(run.data.tags.get(k) == v for k, v in mine.items()):
+            client.set_tag(run.info.run_id, "failure_reason", reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 @contextmanager
 def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
         tags: dict | None = None):
-    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`
-    (KILLED with tag `stopped_reason` if it was stopped on purpose: errors.RunStopped).
+    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`,
+    or KILLED: stopped by a signal (interrupts.Interrupted, Ctrl-C) with that reason as
+    `failure_reason`, or on purpose (errors.RunStopped) with tag `stopped_reason`.
 
     A new run is tagged with its process (host, pid), so that if the process dies without
     closing it, the next process on the store marks it KILLED (reap_orphans).
@@ -156,17 +275,30 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
         try:
             yield active
         except RunStopped as e:
-            mlflow.set_tags({"stopped_reason": str(e)[:5000],  # and the name says it
-                             "mlflow.runName": f"{active.info.run_name} · {e.label}"})
-            mlflow.end_run("KILLED")
+            _end(active, "KILLED", {"stopped_reason": str(e)[:5000],  # and the name says it
+                                    "mlflow.runName": f"{active.info.run_name} · {e.label}"})
+            raise
+        except (interrupts.Interrupted, KeyboardInterrupt) as e:
+            _end(active, "KILLED", {"failure_reason": interrupts.reason(e)})
+            INTERRUPTED_RUNS.append(active.info.run_id)
             raise
         except BaseException as e:
-            reason = f"{type(e).__name__}: {e}"
-            try:  # a full disk may refuse the tag too: the run must still end FAILED
-                mlflow.set_tag("failure_reason", reason[:5000])
-            except Exception as tag_error:  # noqa: BLE001
-                log.warning("could not record the failure reason: %s", tag_error)
+            _end(active, "FAILED", {"failure_reason": redact(f"{type(e).__name__}: {e}")[:5000]})
             raise
+
+
+def _end(active, status: str, tags: dict[str, str]) -> None:
+    """Tag the active run and end it with `status`. A store that refuses (a full disk, a
+    server gone) is logged; the run then stays RUNNING in the store until the next process
+    on this machine closes it (reap_orphans), but this process has let go of it."""
+    try:
+        mlflow.set_tags(tags)
+    except Exception as e:  # noqa: BLE001 — the original error is what the user must see
+        log.warning("could not record why run %s ended: %s", active.info.run_id, redact(str(e))[:300])
+    try:
+        mlflow.end_run(status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not mark run %s %s: %s", active.info.run_id, status, redact(str(e))[:300])
 
 
 def log_metrics(values: dict[str, float], step: int | None = None) -> None:
@@ -290,3 +422,23 @@ def git_commit() -> str:
     if out.returncode:
         return "unknown"
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def log_model_from_code(model_file: str, artifacts: dict[str, str], signature,
+                        requirements: list[str]) -> None:
+    """Log a pyfunc "model from code" (`model_file` and its artifacts) to the active run
+    as `model`, shipping as its only code the package's import-free __init__.py and the
+    engine (pipeline/engine: the network and the input check), so it loads with its
+    `requirements` alone."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # An input example would make MLflow load and run the model again at logging
+        # time; the explicit signature already describes the input.
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        package = Path(tmp) / "pipeline"
+        package.mkdir()
+        shutil.copy(PROJECT_ROOT / "pipeline" / "__init__.py", package)
+        shutil.copytree(PROJECT_ROOT / "pipeline" / "engine", package / "engine",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        mlflow.pyfunc.log_model(name="model", python_model=model_file, artifacts=artifacts,
+                                signature=signature, code_paths=[str(package)],
+                                pip_requirements=requirements)

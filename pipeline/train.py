@@ -10,9 +10,7 @@ FAILED with the reason as a tag.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -25,7 +23,6 @@ from tqdm import tqdm
 from pipeline import baseline, describe, metrics, preprocess, pyfunc_model, tracking
 from pipeline.engine import DivergenceError, Network, SGDConfig, train
 from pipeline.errors import RunFailed
-from pipeline.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +134,9 @@ def log_network(net: Network, data) -> None:
     """The network as a pyfunc model logged from code: pyfunc_model.py, network.npz and,
     as its only code, the engine (pipeline/engine) — it loads with numpy, scipy and mlflow."""
     sample = data.x("test")[:5]
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # An input example would make MLflow load and run the model again at logging
-        # time; the explicit signature already describes the input.
-        warnings.filterwarnings("ignore", message=".*input example was not provided")
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "network.npz"
         net.save(path)
-        mlflow.pyfunc.log_model(
-            name="model", python_model=pyfunc_model.__file__, artifacts={"network": str(path)},
-            signature=infer_signature(sample, net.predict(sample)),
-            code_paths=[str(engine_package(Path(tmp)))],
-            pip_requirements=[f"numpy=={np.__version__}", f"scipy=={scipy.__version__}",
-                              f"mlflow=={mlflow.__version__}"])
-
-
-def engine_package(folder: Path) -> Path:
-    """folder/pipeline: the package's (import-free) __init__.py and the engine, nothing else."""
-    package = folder / "pipeline"
-    package.mkdir()
-    shutil.copy(PROJECT_ROOT / "pipeline" / "__init__.py", package)
-    shutil.copytree(PROJECT_ROOT / "pipeline" / "engine", package / "engine",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return package
+        tracking.log_model_from_code(
+            pyfunc_model.__file__, {"network": str(path)}, infer_signature(sample, net.predict(sample)),
+            [f"numpy=={np.__version__}", f"scipy=={scipy.__version__}", f"mlflow=={mlflow.__version__}"])

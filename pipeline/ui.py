@@ -21,9 +21,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
+from pipeline import interrupts
 from pipeline.paths import from_root
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -184,8 +187,12 @@ def stop_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
         _signal_group(pgid, signal.SIGKILL)
 
 
-def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
+def run_server(command: list[str], env: dict[str, str] | None = None,
+               ready: tuple[str, str] | None = None) -> int:
     """Run command in a new process group until it exits or we are told to stop.
+
+    `ready` = (url, message): the message is printed once the url answers HTTP 200, so
+    that "ready" is never said before it is true.
 
     Returns the server's exit status, or 0 when a signal asked us to stop. Either way no
     process of its group outlives this function: uvicorn's workers included.
@@ -202,8 +209,11 @@ def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
     # Installed before the server starts, so no signal can leave it running unowned.
     for sig in STOP_SIGNALS:
         signal.signal(sig, request_stop)
+    interrupts.stop_with_make()
     # A session of its own: the terminal's Ctrl-C reaches us only, and we stop the server.
     server = subprocess.Popen(command, start_new_session=True, env=env)
+    if ready is not None:
+        threading.Thread(target=announce_when_ready, args=(server, *ready), daemon=True).start()
     try:
         if stop_requested:
             _signal_group(server.pid, signal.SIGTERM)
@@ -214,6 +224,19 @@ def run_server(command: list[str], env: dict[str, str] | None = None) -> int:
     if stop_requested:
         return 0
     return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
+
+
+def announce_when_ready(server: subprocess.Popen, url: str, message: str) -> None:
+    """Print `message` as soon as `url` answers 200, unless the server ends first."""
+    while server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    print(message, flush=True)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
 
 
 def add_network_options(parser: argparse.ArgumentParser) -> None:
@@ -253,13 +276,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mlruns = from_root(args.mlruns)
-    mlruns.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_store(mlruns / "mlflow.db")
+    except Exception as e:  # noqa: BLE001 — e.g. a store of runs at an older schema
+        from pipeline.errors import user_error
+        print(f"error: {user_error(e) or e}", file=sys.stderr)
+        return 2
     print(f"MLflow UI: {local_url(args.host, args.port)}   (tracking URI for jobs elsewhere: "
           f"MLFLOW_TRACKING_URI={jobs_url(args.host, args.port, args.allowed_hosts)})",
           flush=True)
     for name, url in experiment_links(mlruns / "mlflow.db", local_url(args.host, args.port)):
         print(f"  {name}: {url}", flush=True)
     return run_server(server_command(args.host, args.port, mlruns, allowed))
+
+
+def prepare_store(db: Path) -> None:
+    """Build the store whole before the server opens it (pipeline.tracking), then close, in
+    the background, the runs left RUNNING by processes that have ended (killed runs, a
+    killed sweep's children): the UI shows no run as running that is not."""
+    from pipeline import tracking
+
+    uri = f"sqlite:///{db}"
+    tracking.initialise_sqlite(uri)
+
+    def reap():
+        try:
+            tracking.mlflow.set_tracking_uri(uri)
+            tracking.reap_orphans()
+        except Exception as e:  # noqa: BLE001 — the UI serves all the same
+            print(f"(could not close runs left RUNNING: {str(e)[:200]})", file=sys.stderr)
+
+    threading.Thread(target=reap, daemon=True).start()
 
 
 def experiment_links(db: Path, base: str) -> list[tuple[str, str]]:

@@ -196,3 +196,37 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
         "the database password was shown"
     assert all(r.info.status != "RUNNING" for r in children.values())
     assert not (tmp_path / "mlruns" / "optuna.db").exists(), "the study went to SQLite"
+
+
+def test_stopping_make_server_after_its_postgresql_died_is_one_line(tmp_path):
+    """PostgreSQL can die under the server (OOM killer, a crash): stopping `make server`
+    then says so in a line and exits 0, instead of a pg_ctl traceback."""
+    _require("PostgreSQL", postgres.bindir)
+    _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-server-"))
+    folder.chmod(0o755)
+    port, pg_port = free_port(), free_port()
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.server", "--port", str(port), "--pg-port", str(pg_port),
+             "--mlruns", str(folder / "mlruns")],
+            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", process, log)
+        cluster = postgres.Cluster(folder / "mlruns" / "postgres")
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while cluster.port() is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        output = log.read_text()
+        assert process.returncode == 0, output[-3000:]
+        assert "Traceback" not in output and "had stopped already" in output, output[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

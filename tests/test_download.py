@@ -85,7 +85,7 @@ def test_an_interrupted_download_leaves_no_trusted_file(tiny_mnist, tmp_path, mo
             self.stream.close()
 
     monkeypatch.setattr(download, "_open",
-                        lambda m, n: (DiesHalfway(real_open(m, n)[0]), None))
+                        lambda m, n, t: (DiesHalfway(real_open(m, n, t)[0]), None))
     dest_dir = tmp_path / "raw"
     with pytest.raises(KeyboardInterrupt):
         fetch(name, md5, [str(tiny_mnist)], dest_dir)

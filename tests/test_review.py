@@ -3,9 +3,14 @@ champion registered with its lineage and served, the analysis of the right run."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -100,19 +105,68 @@ def test_analysis_takes_the_newest_top_level_run_never_a_sweep_child(trained, ma
 
 
 @pytest.mark.slow
-def test_make_serve_serves_the_champion_and_classifies_a_digit(trained, make_cfg):
+def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained, make_cfg):
     cfg, ours, _ = trained
     run_stages(make_cfg("data=digits", "stages=[register]", f"register.run_id={ours.info.run_id}"))
     port = free_port()
     server = subprocess.Popen(["make", "-s", "serve", "MODEL=digits-classifier", f"SERVE_PORT={port}"],
                               cwd=PROJECT_ROOT, env=dict(os.environ), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     data = preprocess.load(cfg)
     model = mlflow.pyfunc.load_model(f"runs:/{ours.info.run_id}/model")
     index = int(np.flatnonzero(model.predict(data.x("test")) == data.y("test"))[0])
+    image = data.x("test")[index:index + 1]
     try:
-        answer = ask_served_model(port, data.x("test")[index:index + 1], server)
+        answer = ask_served_model(port, image, server)
         assert answer == {"predictions": [int(data.y("test")[index])]}
+        for body, message in (
+                ('{"inputs": [[NaN' + ', 0.5' * 63 + ']]}', "must be finite"),
+                ('{"inputs": [[Infinity' + ', 0.5' * 63 + ']]}', "must be finite"),
+                (json.dumps({"inputs": (image * 255).tolist()}), "divide 0..255 pixels by 255"),
+                (json.dumps({"inputs": (image - 1).tolist()}), "must be in [0, 1]")):
+            status, text = post(port, body)
+            assert status == 400 and message in text, (status, text[:500])
+        # make passes SIGTERM (kill, a container stop) on to its recipe, which must end the
+        # server whole: mlflow's uvicorn workers used to go on serving
+        make = server.pid
+        served = {p for p in _group(make) if p != make}
+        os.kill(make, signal.SIGTERM)
+        server.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while (left := [p for p in served if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"still serving after SIGTERM to make: {left}"
+        with pytest.raises(OSError):
+            post(port, json.dumps({"inputs": image.tolist()}))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        for pid in _group(server.pid):
+            os.kill(pid, signal.SIGKILL)
         server.wait(timeout=30)
+
+
+def post(port: int, body: str) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body.encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _group(pgid: int) -> list[int]:
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+            if _stat(int(p.parent.name)) and _stat(int(p.parent.name))[1] == pgid]
+
+
+def _stat(pid: int):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[2])
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")

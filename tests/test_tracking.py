@@ -149,7 +149,7 @@ def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
     ("model.hidden_sizes=[]", "model.hidden_sizes=[]: must be a non-empty list"),
     ("train.batch_size=5000", "train.batch_size=5000: must be at most the training set size (1197 images)"),
     ("train.epochs=0", "train.epochs=0: must be a number ≥ 1"),
-    ("seed=-1", "seed=-1: must be a number ≥ 0"),
+    ("seed=-1", "seed=-1: must be a number in [0, 4294967296)"),
     ("stages=[]", "stages=[]: must be a non-empty list of stages"),
     ("data.validation_size=1700", "data.validation_size=1700 with data.test_size=300: must leave "
                                   "at least 10 of the 1797 images for training"),

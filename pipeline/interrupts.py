@@ -1,0 +1,167 @@
+"""Stop signals end runs honestly: KILLED with the reason, never FINISHED, never left RUNNING.
+
+Ctrl-C (SIGINT), `kill`/`timeout`/a container stop (SIGTERM) and a closed terminal (SIGHUP)
+raise `Interrupted` in the main thread. It is not a KeyboardInterrupt on purpose:
+scikit-learn's MLPClassifier catches KeyboardInterrupt inside `partial_fit`, warns, and
+returns a half-trained epoch as if it were whole. The first signal raises; later ones are
+ignored while the runs are being closed, so a second Ctrl-C cannot leave a run RUNNING.
+The app exits 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+from pipeline.paths import process_alive
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = {signal.SIGINT: "SIGINT (Ctrl-C)",
+                signal.SIGTERM: "SIGTERM (kill, timeout or a container stop)",
+                signal.SIGHUP: "SIGHUP (its terminal closed)"}
+GRACE_SECONDS = 60  # for the processes a launcher started to close their runs and exit
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived: the runs open in this process end KILLED with `reason`."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {STOP_SIGNALS.get(signum, signal.Signals(signum).name)}")
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def reason(error: BaseException) -> str:
+    """The failure reason a run records for an interruption (a bare KeyboardInterrupt has
+    no message: it is Ctrl-C where our handler was not installed, e.g. in a notebook)."""
+    if isinstance(error, Interrupted):
+        return error.reason
+    return f"interrupted by {STOP_SIGNALS[signal.SIGINT]}"
+
+
+def exit_code(error: BaseException) -> int:
+    return error.exit_code if isinstance(error, Interrupted) else 128 + signal.SIGINT
+
+
+_stopping: list[int] = []
+_installed: list[bool] = []
+
+
+def install(before_raising: Callable[[int], None] | None = None) -> None:
+    """From now on the first stop signal raises Interrupted; `before_raising(signum)`, if
+    given, runs first (a launcher stops the processes it started). Main thread only."""
+
+    def handler(signum, _frame):
+        if _stopping:
+            log.warning("%s again: still closing the runs (SIGKILL abandons them RUNNING "
+                        "until the next run on this machine closes them)", signal.Signals(signum).name)
+            return
+        _stopping.append(signum)
+        if before_raising is not None:
+            before_raising(signum)
+        raise Interrupted(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    if not _installed:
+        stop_with_make()
+    _installed.append(True)
+
+
+def stop_with_make() -> None:
+    """If this process runs a make recipe, SIGTERM it when make is gone. GNU make does not
+    pass SIGTERM (kill, timeout, a container stop) on to its recipe: it dies alone, and
+    `make serve` or `make run` went on serving or training, orphaned."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/comm") as f:
+            if f.read().strip() not in ("make", "gmake"):
+                return
+    except OSError:
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-make", daemon=True).start()
+
+
+def installed() -> bool:
+    """Has this process installed the handler (has the app's own code started)?"""
+    return bool(_installed)
+
+
+# ---- a launcher's processes ---------------------------------------------------------------
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren, ...), from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in os.scandir("/proc"):
+        if not stat.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat.name}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # ended while we looked
+        if state not in ("Z", "X"):
+            children.setdefault(int(ppid), []).append(int(stat.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_descendants(grace: float = GRACE_SECONDS) -> list[int]:
+    """SIGTERM every process this one started (joblib/loky workers, submitit jobs, a local
+    Ray cluster's), so that each closes its runs KILLED; after `grace` seconds SIGKILL what
+    is left. Returns the pids signalled."""
+    pids = descendants(os.getpid())
+    deaf = [pid for pid in pids if _ignores(pid, signal.SIGTERM)]  # e.g. loky's resource tracker
+    for pid in reversed(pids):  # the deepest first: a job before the pool that runs it
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while (alive := [p for p in pids if p not in deaf and process_alive(p)]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in alive:
+        log.warning("process %d did not stop within %.0f s: killed", pid, grace)
+    for pid in alive + deaf:
+        _signal(pid, signal.SIGKILL)
+    return pids
+
+
+def _ignores(pid: int, sig: int) -> bool:
+    """Does process `pid` ignore signal `sig` (SigIgn in /proc/<pid>/status)?"""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
