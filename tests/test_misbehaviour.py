@@ -256,7 +256,7 @@ def test_a_store_with_runs_at_another_schema_is_named_with_the_fix(make_cfg, tmp
         connection.execute("INSERT INTO runs (run_uuid, experiment_id, status, lifecycle_stage) "
                            "VALUES ('r', 1, 'FINISHED', 'active')")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    cfg = make_cfg("data=digits", "stages=[train]", f"paths.mlruns_dir={db.parent}")
+    cfg = make_cfg("data=digits", "stages=[compare]", f"paths.mlruns_dir={db.parent}")
     with pytest.raises(PipelineError, match=f"mlflow db upgrade sqlite:///{db}"):
         run_stages(cfg)
 
@@ -320,8 +320,8 @@ def test_the_champion_gate_compares_only_on_the_same_validation_split(make_cfg):
         cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", *overrides)
         return cfg, run_stages(cfg)["train"][0]
 
-    client = MlflowClient()
     _, tiny_split_run = trained("data.validation_size=10", "train.epochs=1")
+    client = MlflowClient()  # after the first run: MLflow's URI is this test's store now
     registry.register(tiny_split_run)  # val on 10 images: say 1.0
     cfg, better = trained("train.epochs=6")  # the usual 300-image split
     parent = client.create_run(client.get_run(better).info.experiment_id).info.run_id
@@ -343,7 +343,7 @@ BAD_INPUTS = {  # what a request may hold, and (a regex of) what the refusal say
     "NaN": (lambda x: np.where(np.arange(x.shape[1]) == 3, np.nan, x), "must be finite"),
     "infinity": (lambda x: np.where(np.arange(x.shape[1]) == 3, np.inf, x), "must be finite"),
     "0..255 pixels": (lambda x: x * 255, r"in \[0, 1\].*divide 0..255 pixels by 255"),
-    "negative pixels": (lambda x: x - 0.5, r"must be in \[0, 1\]"),
+    "negative pixels": (lambda x: x - 1, r"must be in \[0, 1\]"),
     "a row too short": (lambda x: x[:, :-1], "expected rows of 64 pixel values|expected shape"),
 }
 
@@ -366,7 +366,7 @@ BAD_OVERRIDES = {
     "+train.foo=1": "train.foo: not a setting",
     "foo=1": "foo: not a setting",
     "seed=4294967296": "seed=4294967296: must be a number in [0, 4294967296)",
-    "paths.mlruns_dir=/proc/nope": "paths.mlruns_dir=/proc/nope",
+    "paths.mlruns_dir=/proc/nope": "cannot write the MLflow store in /proc/nope",
     "train=5": "train=5: train takes the name of a preset in conf/train/: sgd",
     "model=nope": "model=nope: model takes the name of a preset",
     "train.epochs=abc": "Value 'abc' of type 'str' could not be converted to Integer",
