@@ -208,17 +208,33 @@ def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_
 def test_ctrl_c_while_the_first_run_makes_the_store_leaves_a_store_that_works(tmp_path):
     _app(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]")
     mlruns = tmp_path / "mlruns"
-    for attempt in range(3):  # the store takes a second or two to make: hit it mid-way
+    # Making the store takes a second or two: its first tables, then ~60 migrations. Before,
+    # a Ctrl-C 0.5 s or later into it left a store every later run failed on.
+    for delay in (0.5, 1.0, 1.5):
         app = _app(tmp_path, None, "stages=[train]", "baseline=none", "train.epochs=1",
                    f"paths.mlruns_dir={mlruns}", popen=True)
-        _wait_for("the store's file", lambda: mlruns.exists() and any(mlruns.glob("*mlflow.db*")),
-                  app)
+        # its first tables are written (in the store itself, or in the temp file it is made in)
+        _wait_for("the store's first tables", lambda: _being_written(mlruns), app)
+        time.sleep(delay)  # into the migrations (not a wait for readiness)
         os.killpg(app.pid, signal.SIGINT)
         _stopped(app)
         after = _app(tmp_path, None, "stages=[train]", "baseline=none", "train.epochs=1",
                      "tracking.log_model=false", f"paths.mlruns_dir={mlruns}")
-        assert after.returncode == 0, f"attempt {attempt}: {(after.stdout + after.stderr)[-3000:]}"
+        assert after.returncode == 0, f"Ctrl-C after {delay} s: {(after.stdout + after.stderr)[-3000:]}"
         assert not list(mlruns.glob(".*.part"))
+        for stale in mlruns.glob("mlflow.db*"):  # the next attempt makes a new store
+            stale.unlink()
+
+
+def _being_written(mlruns: Path) -> bool:
+    """Has the store's file (or the temp file it is made in) got its first bytes?"""
+    for path in [*mlruns.glob("mlflow.db"), *mlruns.glob(".mlflow.db.*.part")]:
+        try:
+            if path.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # renamed into place meanwhile
+            pass
+    return False
 
 
 def _half_made_store(db: Path) -> None:
