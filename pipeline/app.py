@@ -59,13 +59,13 @@ def run_stages(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     # A stop signal ends the runs KILLED; processes this one started (search workers)
     # are stopped first, so that they close theirs.
-    interrupts.install(before_raising=lambda _: interrupts.stop_descendants())
+    interrupts.install(before_raising=interrupts.stop_descendants)
     logs.redact_all_handlers()
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_stages(cfg)
-        except (interrupts.Interrupted, KeyboardInterrupt) as e:
+        except KeyboardInterrupt as e:  # interrupts.Interrupted too
             stopped(e)
         except RunFailed as e:  # recorded in MLflow with the reasons; a script must notice
             log.error("%s", e)
@@ -85,7 +85,7 @@ def main(cfg: DictConfig) -> None:
     result = {"config_hash": tracking.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
     try:
         result.update(status="ok", runs=run_stages(cfg).get("train", []))
-    except (interrupts.Interrupted, KeyboardInterrupt) as e:
+    except KeyboardInterrupt as e:  # interrupts.Interrupted too
         # Its run is KILLED; this worker process ends too, so that it takes no next job
         # (the launcher, stopped by the same signal, is waiting for it to end).
         result.update(status="interrupted", error=interrupts.reason(e))
@@ -121,7 +121,7 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of printing them
     try:
         main()
-    except (interrupts.Interrupted, KeyboardInterrupt) as e:  # a sweep's launcher
+    except KeyboardInterrupt as e:  # interrupts.Interrupted too  # a sweep's launcher
         stopped(e)
     except Exception as e:
         if interrupts.installed():  # raised after our code started: not a config mistake

@@ -32,7 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
-from pipeline import metrics, pyfunc_sklearn, tracking
+from pipeline import interrupts, metrics, pyfunc_sklearn, tracking
 from pipeline.engine import DivergenceError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def train_sklearn(cfg, data) -> str:
                 # epoch were whole; the run must end KILLED, not FINISHED half-trained.
                 for w in caught:
                     if "interrupted by user" in str(w.message):
-                        raise KeyboardInterrupt
+                        raise interrupts.received() or KeyboardInterrupt()
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             except ValueError as e:  # "Solver produced non-finite parameter weights"
                 if "non-finite" not in str(e):

@@ -1,11 +1,13 @@
 """Stop signals end runs honestly: KILLED with the reason, never FINISHED, never left RUNNING.
 
 Ctrl-C (SIGINT), `kill`/`timeout`/a container stop (SIGTERM) and a closed terminal (SIGHUP)
-raise `Interrupted` in the main thread. It is not a KeyboardInterrupt on purpose:
-scikit-learn's MLPClassifier catches KeyboardInterrupt inside `partial_fit`, warns, and
-returns a half-trained epoch as if it were whole. The first signal raises; later ones are
-ignored while the runs are being closed, so a second Ctrl-C cannot leave a run RUNNING.
-The app exits 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell does.
+raise `Interrupted` in the main thread, a KeyboardInterrupt that knows its signal: Ray
+lets only a KeyboardInterrupt out of a waiting `ray.get`, and Optuna marks a trial FAIL for
+one. scikit-learn's MLPClassifier catches it inside `partial_fit`, warns and returns a
+half-trained epoch as if it were whole: the baseline re-raises it (`received`). The first
+signal raises; later ones are ignored while the runs are being closed, so a second Ctrl-C
+cannot leave a run RUNNING. The app exits 128 + the signal's number (130 for Ctrl-C, 143
+for SIGTERM), as a shell does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from pipeline.paths import process_alive
 
@@ -24,10 +26,10 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = {signal.SIGINT: "SIGINT (Ctrl-C)",
                 signal.SIGTERM: "SIGTERM (kill, timeout or a container stop)",
                 signal.SIGHUP: "SIGHUP (its terminal closed)"}
-GRACE_SECONDS = 60  # for the processes a launcher started to close their runs and exit
+GRACE_SECONDS = 20  # for the processes a launcher started to close their runs and exit
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """A stop signal arrived: the runs open in this process end KILLED with `reason`."""
 
     def __init__(self, signum: int):
@@ -44,29 +46,37 @@ class Interrupted(BaseException):
 
 
 def reason(error: BaseException) -> str:
-    """The failure reason a run records for an interruption (a bare KeyboardInterrupt has
-    no message: it is Ctrl-C where our handler was not installed, e.g. in a notebook)."""
-    if isinstance(error, Interrupted):
-        return error.reason
-    return f"interrupted by {STOP_SIGNALS[signal.SIGINT]}"
+    """The failure reason a run records for an interruption. A plain KeyboardInterrupt is
+    the signal this process received (a library raised its own in place of ours: Ray does)
+    or, with none received, Ctrl-C where our handler was not installed (a notebook)."""
+    if not isinstance(error, Interrupted):
+        error = received() or Interrupted(signal.SIGINT)
+    return error.reason
 
 
 def exit_code(error: BaseException) -> int:
-    return error.exit_code if isinstance(error, Interrupted) else 128 + signal.SIGINT
+    if not isinstance(error, Interrupted):
+        error = received() or Interrupted(signal.SIGINT)
+    return error.exit_code
 
 
 _stopping: list[int] = []
 _installed: list[bool] = []
 
 
-def install(before_raising: Callable[[int], None] | None = None) -> None:
+def install(before_raising: Callable[[int], object] | None = None) -> None:
     """From now on the first stop signal raises Interrupted; `before_raising(signum)`, if
     given, runs first (a launcher stops the processes it started). Main thread only."""
 
-    def handler(signum, _frame):
+    def handler(signum, frame):
         if _stopping:
             log.warning("%s again: still closing the runs (SIGKILL abandons them RUNNING "
                         "until the next run on this machine closes them)", signal.Signals(signum).name)
+            return
+        if in_database_code(frame):  # raised there, it could leave a transaction (and a
+            # SQLite store's write lock) open: this process, and every other writer, would
+            # then wait in vain to close its runs. Deliver it again when out of there.
+            threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
             return
         _stopping.append(signum)
         if before_raising is not None:
@@ -100,6 +110,25 @@ def stop_with_make() -> None:
     threading.Thread(target=watch, name="stop-with-make", daemon=True).start()
 
 
+# Code that an exception must not interrupt half-way: a database transaction.
+_DATABASE_CODE = tuple(f"{os.sep}{name}{os.sep}" for name in ("sqlalchemy", "sqlite3", "alembic", "psycopg"))
+
+
+def in_database_code(frame) -> bool:
+    """Is the main thread, at `frame`, inside a database library (a write in progress)?"""
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in _DATABASE_CODE):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def received() -> Interrupted | None:
+    """The stop signal this process received, as the exception to raise again (after a
+    library swallowed it), or None."""
+    return Interrupted(_stopping[0]) if _stopping else None
+
+
 def installed() -> bool:
     """Has this process installed the handler (has the app's own code started)?"""
     return bool(_installed)
@@ -128,14 +157,30 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop_descendants(grace: float = GRACE_SECONDS) -> list[int]:
-    """SIGTERM every process this one started (joblib/loky workers, submitit jobs, a local
-    Ray cluster's), so that each closes its runs KILLED; after `grace` seconds SIGKILL what
-    is left. Returns the pids signalled."""
+def stop_descendants(signum: int = signal.SIGTERM, first: Iterable[int] = (),
+                     grace: float = GRACE_SECONDS) -> list[int]:
+    """Pass `signum` on to every process this one started (joblib/loky workers, submitit
+    jobs, a local Ray cluster's), SIGTERM to those that ignore it, so that each closes its
+    runs KILLED with the same reason; SIGKILL what is left after `grace` seconds. The
+    processes `first` (those that hold runs) go first and are waited for before the rest:
+    a Ray raylet stopped with its workers kills them before they close their runs.
+    Returns the pids signalled."""
     pids = descendants(os.getpid())
-    deaf = [pid for pid in pids if _ignores(pid, signal.SIGTERM)]  # e.g. loky's resource tracker
+    holders = [p for p in pids if p in set(first)]
+    _stop(holders, signum, grace)
+    _stop([p for p in pids if p not in holders], signum, grace)
+    return pids
+
+
+def _stop(pids: list[int], signum: int, grace: float) -> None:
+    deaf = []  # e.g. loky's resource tracker: it ends with us
     for pid in reversed(pids):  # the deepest first: a job before the pool that runs it
-        _signal(pid, signal.SIGTERM)
+        if not _ignores(pid, signum):
+            _signal(pid, signum)
+        elif not _ignores(pid, signal.SIGTERM):
+            _signal(pid, signal.SIGTERM)
+        else:
+            deaf.append(pid)
     deadline = time.monotonic() + grace
     while (alive := [p for p in pids if p not in deaf and process_alive(p)]) and \
             time.monotonic() < deadline:
@@ -144,7 +189,6 @@ def stop_descendants(grace: float = GRACE_SECONDS) -> list[int]:
         log.warning("process %d did not stop within %.0f s: killed", pid, grace)
     for pid in alive + deaf:
         _signal(pid, signal.SIGKILL)
-    return pids
 
 
 def _ignores(pid: int, sig: int) -> bool:

@@ -83,7 +83,7 @@ def run(cfg, results: dict) -> str:
         else:
             ended = []
             work(cfg, study, parent)
-    except (interrupts.Interrupted, KeyboardInterrupt) as e:  # its workers are stopped
+    except KeyboardInterrupt as e:  # a stop signal (interrupts.Interrupted): workers stopped
         if cfg.search.summarize:
             close_parent(parent, "KILLED", interrupts.reason(e))
         raise
@@ -345,9 +345,6 @@ def objective(cfg, trial: optuna.Trial, space: dict, fixed: list[str], parent: s
         run_id = train.train_numpy(trial_cfg, datasets[key], report=report)
     except Pruned as e:
         raise optuna.TrialPruned(str(e)) from e
-    except interrupts.Interrupted:  # Optuna lets it through with the trial RUNNING: end it
-        trial.study.tell(trial.number, state=TrialState.FAIL)
-        raise
     except Exception:
         if "mlflow_run_id" not in trial.user_attrs:  # failed before its first epoch ended
             link_run(trial)

@@ -74,7 +74,10 @@ class SweepCallback(Callback):
             os.environ[var] = "1"
         # Ctrl-C or SIGTERM to the launcher stops its workers first (each closes its run
         # KILLED); then the app closes the parent (app.stopped).
-        interrupts.install(before_raising=lambda _: interrupts.stop_descendants())
+        interrupts.install(before_raising=lambda signum: interrupts.stop_descendants(
+            signum, first=tracking.running_pids(parent_run_id(config.hydra.sweep.dir))))
+        if "ray" in str(OmegaConf.select(config, "hydra.launcher._target_") or ""):
+            keep_sigterm_from_ray()
         logs.redact_all_handlers()
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,20 @@ class SweepCallback(Callback):
                       "\n  ".join(f"{' '.join(r['overrides'])}: {r.get('error', '')[:300]}"
                                   for r in failed))
             sys.exit(1)
+
+
+def keep_sigterm_from_ray() -> None:
+    """ray.init (in hydra-ray-launcher) replaces the launcher's SIGTERM handler with Ray's,
+    which kills the local cluster and exits 1 with the runs left RUNNING, and installs a
+    C-level one in its workers that dies with a stack dump. Keep ours in both: the workers
+    are told by environment, the launcher by making Ray's setter a no-op (Ray has no
+    option for it; this process only)."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:  # the ray extra is not installed: Hydra will say so
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
 
 
 def preset_name(config) -> str:

@@ -237,6 +237,23 @@ def reap_orphans() -> list[str]:
     return reaped
 
 
+def running_pids(parent_run_id: str | None) -> list[int]:
+    """The processes, on this host, of the RUNNING children of a parent run."""
+    if not parent_run_id:
+        return []
+    host = socket.gethostname()
+    try:
+        runs = mlflow.MlflowClient().search_runs(
+            [mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+            max_results=1000)
+    except Exception as e:  # noqa: BLE001 — called while stopping: stop them all at once
+        log.warning("could not list the runs of parent %s: %s", parent_run_id, redact(str(e))[:200])
+        return []
+    return [int(r.data.tags["pid"]) for r in runs
+            if r.data.tags.get("host") == host and r.data.tags.get("pid", "").isdigit()]
+
+
 def store_in_use() -> bool:
     """Has this process set up a store (so that MLflow points at ours, not its default)?"""
     return bool(_REAPED_STORES)
@@ -278,7 +295,7 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None,
             _end(active, "KILLED", {"stopped_reason": str(e)[:5000],  # and the name says it
                                     "mlflow.runName": f"{active.info.run_name} · {e.label}"})
             raise
-        except (interrupts.Interrupted, KeyboardInterrupt) as e:
+        except KeyboardInterrupt as e:  # interrupts.Interrupted: a stop signal
             _end(active, "KILLED", {"failure_reason": interrupts.reason(e)})
             INTERRUPTED_RUNS.append(active.info.run_id)
             raise

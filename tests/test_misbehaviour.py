@@ -41,7 +41,7 @@ def _app(tmp_path, store: str | None, *overrides, popen=False, env=None, data="d
     command = [sys.executable, "-m", "pipeline", *([data] if data else []),
                f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'hydra'}",
                *overrides]
-    env = {**os.environ, **(env or {})}
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     env.pop("MLFLOW_TRACKING_URI", None)
     if store:
         env["MLFLOW_TRACKING_URI"] = store
@@ -164,9 +164,10 @@ def test_sigterm_during_training_ends_the_run_killed_and_exits_143(tmp_path):
     assert status == "KILLED" and tags["failure_reason"].startswith("interrupted by SIGTERM")
 
 
-def _sweep(tmp_path, db: Path):
+def _sweep(tmp_path, db: Path, launcher: str = "joblib"):
     return _app(tmp_path, f"sqlite:///{db}", "sweep=smoke", "train.epochs=100000",
-                f"hydra.sweep.dir={tmp_path / 'sweep'}", data=None, popen=True)
+                f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                data=None, popen=True, env={"RAY_ADDRESS": None})
 
 
 def _two_children_training(db: Path):
@@ -188,9 +189,12 @@ def test_ctrl_c_to_a_sweep_ends_the_parent_and_every_child_killed(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_path):
+@pytest.mark.parametrize("kind", ["joblib", "submitit_local", "ray_cluster"])
+def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_path, kind):
+    if kind == "ray_cluster" and os.environ.get("CI") != "true":
+        pytest.importorskip("ray", reason="the ray extra is not installed (make install-extras)")
     db = tmp_path / "s.db"
-    launcher = _sweep(tmp_path, db)
+    launcher = _sweep(tmp_path, db, kind)
     _wait_for("two children training", _two_children_training(db), launcher)
     launcher.send_signal(signal.SIGTERM)  # the launcher alone: it must stop its workers
     start = time.monotonic()
@@ -198,7 +202,8 @@ def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_
     # Its joblib workers are gone with it, not training on, orphaned.
     _wait_for("the workers to end", lambda: not _group_alive(launcher.pid), seconds=30)
     assert launcher.returncode == 143, output[-3000:]
-    assert time.monotonic() - start < 60, "the workers' runs took long to close"
+    # (a local Ray cluster's own servers ignore SIGTERM for the 20 s they are given)
+    assert time.monotonic() - start < 90, "the workers' runs took long to close"
     runs = [(t.get("kind"), s, t.get("failure_reason", "")) for _, s, t in _runs(db)]
     assert len(runs) == 3 and all(s == "KILLED" and "SIGTERM" in why for _, s, why in runs), runs
 
