@@ -17,7 +17,7 @@ SEARCH ?= classic16
 LAUNCHER ?=
 PG_PORT ?= 5432
 
-.PHONY: install install-extras lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench clean
+.PHONY: install install-extras lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench lint format clean
 
 ## the locked environment: exactly the versions in uv.lock (uv itself is locked there too)
 install: $(STAMP)
@@ -73,23 +73,23 @@ register: install
 
 ## serve the champion on 127.0.0.1:$(SERVE_PORT) (MODEL=digits-classifier for another)
 serve: install
-	$(PY) -m pipeline.serve --model $(MODEL) --port $(SERVE_PORT) \
+	$(PY) -m pipeline.serve.model --model $(MODEL) --port $(SERVE_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
 
 ## the MLflow UI over the project's store, on 127.0.0.1 (make ui PORT=5001 for another port)
 ui: install
-	$(PY) -m pipeline.ui --port $(PORT) \
+	$(PY) -m pipeline.serve.ui --port $(PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
 ## a shared tracking server on PostgreSQL (the project's own cluster in mlruns/postgres/, or
 ## DB=postgresql://…), artifacts proxied; on 127.0.0.1 unless HOST=0.0.0.0 ALLOWED_HOSTS=<name>
 server: install-extras
-	$(if $(DB),PIPELINE_DB="$$DB") $(PY) -m pipeline.server --port $(PORT) --pg-port $(PG_PORT) \
+	$(if $(DB),PIPELINE_DB="$$DB") $(PY) -m pipeline.serve.server --port $(PORT) --pg-port $(PG_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
-## a tracked sweep (SWEEP=grid|tweaks16|best|smoke); data is prepared once, first.
+## a tracked sweep (SWEEP=grid|tweaks16|best|ablation|smoke); data is prepared once, first.
 ## LAUNCHER=ray: on the Ray cluster at RAY_ADDRESS (a local one when unset; WORKERS=<n> CPUs);
 ## LAUNCHER=slurm (conf/hydra/launcher/slurm.yaml) or submitit_local; default: joblib, here
 sweep: $(if $(filter ray,$(LAUNCHER)),install-extras,install)
@@ -110,6 +110,16 @@ test: install-extras
 ## the suite without the slow tests
 test-fast: install-extras
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+## ruff (lint and format check) and mypy over the code; `make format` rewrites it in place
+lint: install
+	$(VENV)/bin/ruff check pipeline tests benchmarks
+	$(VENV)/bin/ruff format --check pipeline tests benchmarks
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
+	$(VENV)/bin/ruff format pipeline tests benchmarks
 
 clean:
 	rm -rf outputs multirun .pytest_cache

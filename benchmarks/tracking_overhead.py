@@ -3,8 +3,8 @@
     python benchmarks/tracking_overhead.py [hydra overrides]     (default: the classic preset)
 
 Both train the same config with the same seed; the tracked one is the train stage's own
-`train_numpy` (params, per-epoch metrics, dataset inputs, config, pyfunc model), logging
-to a throwaway SQLite store. Prints both times and the overhead in percent.
+tracked loop (families/training.py: params, per-epoch metrics, dataset inputs, config,
+pyfunc model), logging to a throwaway SQLite store. Prints both times and the overhead in percent.
 """
 
 import os
@@ -16,17 +16,26 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from pipeline import config as _config  # noqa: F401 — registers the schema
-from pipeline import preprocess, train
+from pipeline import families
+from pipeline.data import dataset
 from pipeline.engine import train as sgd_train
+from pipeline.families import training
+from pipeline.families.numpy_mlp import build_network, sgd_config
 from pipeline.paths import PROJECT_ROOT
 
 
 def untracked(cfg, data) -> float:
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    net = train.build_network(cfg, data.x("train").shape[1], rng)
-    sgd_train(net, data.x("train"), data.y("train"), train.sgd_config(cfg), rng,
-              validation=(data.x("val"), data.y("val")))
+    net = build_network(cfg, data.x("train").shape[1], rng)
+    sgd_train(
+        net,
+        data.x("train"),
+        data.y("train"),
+        sgd_config(cfg),
+        rng,
+        validation=(data.x("val"), data.y("val")),
+    )
     net.evaluate(data.x("test"), data.y("test"))
     return time.perf_counter() - start
 
@@ -34,18 +43,21 @@ def untracked(cfg, data) -> float:
 def main() -> None:
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=sys.argv[1:])
-    data = preprocess.load(cfg)
+    data = dataset.load(cfg)
     with tempfile.TemporaryDirectory() as store:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-        train.train_numpy(cfg, data)  # warm-up: imports, database creation
+        ours = families.get(families.OURS)
+        training.train(ours, cfg, data)  # warm-up: imports, database creation
         bare = min(untracked(cfg, data) for _ in range(2))
         tracked = []
         for _ in range(2):
             start = time.perf_counter()
-            train.train_numpy(cfg, data)
+            training.train(ours, cfg, data)
             tracked.append(time.perf_counter() - start)
-    print(f"untracked {bare:.2f} s, tracked {min(tracked):.2f} s, "
-          f"overhead {100 * (min(tracked) / bare - 1):.1f}% (min of 2 each)")
+    print(
+        f"untracked {bare:.2f} s, tracked {min(tracked):.2f} s, "
+        f"overhead {100 * (min(tracked) / bare - 1):.1f}% (min of 2 each)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The Hydra app: compose conf/config.yaml, validate it, run each stage in `stages` in order.
 
-Each stage is `run(cfg, results) -> output`; `results` maps the stages run so far in this
-invocation to their outputs (e.g. evaluate reads the run ids that train returned).
+The stages are pipeline/stages/ (imported when they run); each is `run(cfg, results) ->
+output`, where `results` maps the stages run so far in this invocation to their outputs.
 
 Exit codes: 0 done; 1 runs FAILED (recorded in MLflow with their reasons); 2 a user's
 mistake (a bad override, an unreachable store), one line, nothing written; 128 + the
@@ -10,6 +10,7 @@ signal's number when stopped (130 Ctrl-C, 143 SIGTERM), the runs ended KILLED.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -19,24 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import (analyze, compare, config, download, evaluate, interrupts, logs, preprocess,
-                      registry, reproduce, search, sweep, tracking, train)
-from pipeline.errors import USER_ERRORS, RunFailed, user_error
+from pipeline import config, interrupts, logs
+from pipeline.errors import RunFailed, user_error
 from pipeline.paths import PROJECT_ROOT
+from pipeline.stages import STAGES
 
 log = logging.getLogger("pipeline")
-
-STAGES = {
-    "download": download.run,
-    "preprocess": preprocess.run,
-    "train": train.run,
-    "evaluate": evaluate.run,
-    "compare": compare.run,
-    "analyze": analyze.run,
-    "reproduce": reproduce.run,
-    "register": registry.run,
-    "search": search.run,
-}
 
 
 def run_stages(cfg: DictConfig) -> dict:
@@ -49,9 +38,11 @@ def run_stages(cfg: DictConfig) -> dict:
     results: dict = {}
     for stage in cfg.stages:
         log.info("stage %s", stage)
-        results[stage] = STAGES[stage](cfg, results)
+        results[stage] = importlib.import_module(STAGES[stage]).run(cfg, results)
     if results.get("failures"):
-        raise RunFailed(f"{len(results['failures'])} run(s) FAILED: " + "; ".join(results["failures"]))
+        raise RunFailed(
+            f"{len(results['failures'])} run(s) FAILED: " + "; ".join(results["failures"])
+        )
     return results
 
 
@@ -79,10 +70,13 @@ def main(cfg: DictConfig) -> None:
         return
     # A sweep job: its runs are children of the sweep's parent run, and a failure is
     # recorded (the run ends FAILED) without stopping the other jobs.
+    from pipeline.stages import sweep
+    from pipeline.tracking import identity
+
     cfg.tracking.parent_run_id = sweep.parent_run_id(hydra_cfg.sweep.dir)
     cfg.tracking.skip_finished = True
     cfg.tracking.label = sweep.run_label(hydra_cfg.overrides.task)
-    result = {"config_hash": tracking.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
+    result = {"config_hash": identity.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
     try:
         result.update(status="ok", runs=run_stages(cfg).get("train", []))
     except KeyboardInterrupt as e:  # interrupts.Interrupted too
@@ -103,14 +97,21 @@ def stopped(error: BaseException) -> None:
     """After a stop signal: end KILLED what this process still has RUNNING (a sweep's or a
     search's parent) and the runs of the processes it started, now ended (a sweep's
     children); say so in one line; exit 128 + the signal's number."""
-    closed = list(tracking.INTERRUPTED_RUNS)
-    if tracking.store_in_use():
+    runs, store = (
+        sys.modules.get("pipeline.tracking.runs"),
+        sys.modules.get("pipeline.tracking.store"),
+    )
+    closed = list(runs.INTERRUPTED_RUNS) if runs else []
+    if store and store.store_in_use():
         try:
-            closed += tracking.close_own_runs(interrupts.reason(error)) + tracking.reap_orphans()
+            closed += store.close_own_runs(interrupts.reason(error)) + store.reap_orphans()
         except Exception as e:  # noqa: BLE001 — a store gone too: the reaper closes them later
             log.warning("could not close the runs left RUNNING: %s", logs.redact(str(e))[:300])
-    log.error("%s: stopped%s", interrupts.reason(error),
-              f"; run(s) {', '.join(closed)} ended KILLED" if closed else "")
+    log.error(
+        "%s: stopped%s",
+        interrupts.reason(error),
+        f"; run(s) {', '.join(closed)} ended KILLED" if closed else "",
+    )
     logging.shutdown()
     sys.exit(interrupts.exit_code(error))
 

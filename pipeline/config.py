@@ -14,20 +14,19 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from pipeline.errors import PipelineError
+from pipeline.data import DATASETS, N_CLASSES
 from pipeline.engine import ACTIVATIONS, COSTS, INITS, SCHEDULES, SGDConfig
+from pipeline.errors import PipelineError
+from pipeline.families import FAMILIES, OURS
 from pipeline.paths import PROJECT_ROOT, check_writable, from_root
-
-# The datasets the pipeline knows: images in all (before any split), pixels per image.
-DATASETS = {"mnist": {"images": 60000, "pixels": 784}, "digits": {"images": 1797, "pixels": 64}}
-N_CLASSES = 10
 
 
 @dataclass
@@ -39,14 +38,14 @@ class PathsConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    raw_dir: Optional[str] = None
+    raw_dir: str | None = None
     processed_dir: str = MISSING
     mirrors: list[str] = field(default_factory=list)
     # Seconds a mirror may take for one file before the next mirror is tried (a mirror
     # that drips bytes never trips a per-read timeout).
     mirror_deadline: float = 300.0
     validation_size: int = MISSING
-    test_size: Optional[int] = None
+    test_size: int | None = None
     split_seed: int = 0
     label_shuffle: float = 0.0  # fraction of training labels permuted (1.0: random labels)
 
@@ -80,9 +79,9 @@ class TrackingConfig:
     # Reuse a FINISHED run of the same config hash and model family instead of training
     # again (sweeps set it, so that a rerun resumes where a killed sweep stopped).
     skip_finished: bool = False
-    parent_run_id: Optional[str] = None  # set by a sweep job: its runs are the parent's children
+    parent_run_id: str | None = None  # set by a sweep job: its runs are the parent's children
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on each training run
-    label: Optional[str] = None  # appended to run names (a sweep job: its other overrides)
+    label: str | None = None  # appended to run names (a sweep job: its other overrides)
 
 
 @dataclass
@@ -93,7 +92,7 @@ class EvaluateConfig:
 
 @dataclass
 class AnalyzeConfig:
-    run_id: Optional[str] = None  # default: the latest finished run of ours named model_name
+    run_id: str | None = None  # default: the latest finished run of ours named model_name
     model_name: str = "classic"
     noise_images: int = 1000
     memorize_epochs: int = 30  # the run's own network on shuffled labels
@@ -107,14 +106,14 @@ class AnalyzeConfig:
 
 @dataclass
 class RegisterConfig:
-    run_id: Optional[str] = None  # the run to register (make register RUN_ID=<id>)
-    model_name: Optional[str] = None  # default: <the run's dataset>-classifier
+    run_id: str | None = None  # the run to register (make register RUN_ID=<id>)
+    model_name: str | None = None  # default: <the run's dataset>-classifier
     alias: str = "champion"  # what make serve serves
 
 
 @dataclass
 class ReproduceConfig:
-    run_id: Optional[str] = None  # the training run to rerun (make reproduce RUN_ID=<id>)
+    run_id: str | None = None  # the training run to rerun (make reproduce RUN_ID=<id>)
 
 
 @dataclass
@@ -122,7 +121,7 @@ class SweepSettings:
     """Per-activation settings a sweep preset may use (conf/sweep/grid.yaml): its configs
     interpolate ${sweep.init.<activation>} and ${sweep.eta.<activation>.<step>}."""
 
-    step: Optional[str] = None  # the learning-rate step the grid sweeps: low, mid, high
+    step: str | None = None  # the learning-rate step the grid sweeps: low, mid, high
     init: dict[str, str] = field(default_factory=dict)  # activation -> init
     eta: dict[str, dict[str, float]] = field(default_factory=dict)  # activation -> step -> η
 
@@ -135,13 +134,13 @@ class SearchConfig:
     workers: int = 1  # worker processes on this machine (other machines: the same command)
     worker_index: int = 0  # set per worker process; seeds its sampler
     summarize: bool = True  # false for workers started by a search, which summarises itself
-    study: Optional[str] = None  # default: <preset>-<key of space, overrides, code>
+    study: str | None = None  # default: <preset>-<key of space, overrides, code>
     sampler: str = "tpe"
     pruner: str = "median"
     pruner_startup_trials: int = 5  # trials that run to the end before any is pruned
     pruner_warmup_epochs: int = 3  # epochs of every trial before it may be pruned
     seed: int = 0
-    storage: Optional[str] = None  # default: OPTUNA_STORAGE, else sqlite beside the MLflow store
+    storage: str | None = None  # default: OPTUNA_STORAGE, else sqlite beside the MLflow store
     stale_after: int = 30  # seconds without a heartbeat (one every 5 s): the worker is gone
     # config key -> {low, high[, log]} or {choices: [...]}
     space: dict[str, Any] = field(default_factory=dict)
@@ -168,7 +167,13 @@ class Config:
 ConfigStore.instance().store(name="base_config", node=Config)
 
 
+def plain(node: Any, resolve: bool = True) -> Any:
+    """A config node as plain Python (dicts, lists, scalars); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=resolve) if OmegaConf.is_config(node) else node
+
+
 # ---- declarative value constraints ------------------------------------------------------
+
 
 def one_of(*choices) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), f"one of {list(choices)}"
@@ -190,7 +195,10 @@ def in_range(low, high) -> tuple[Callable[[Any], bool], str]:
 SEED = in_range(0, 2**32)  # what numpy's and scikit-learn's RandomState accept
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-RUN_ID = ((lambda v: bool(_RUN_ID.match(str(v)))), "a run id: 32 hex digits, as the MLflow UI shows")
+RUN_ID = (
+    (lambda v: bool(_RUN_ID.match(str(v)))),
+    "a run id: 32 hex digits, as the MLflow UI shows",
+)
 NAME = ((lambda v: bool(_NAME.match(str(v)))), "a name of letters, digits, '_', '.', '-'")
 
 
@@ -202,8 +210,10 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.validation_size": at_least(1),
     "data.test_size": at_least(1),
     "data.label_shuffle": ((lambda v: 0 <= v <= 1), "a fraction in [0, 1]"),
-    "model.hidden_sizes": ((lambda v: len(v) > 0 and all(int(n) >= 1 for n in v)),
-                           "a non-empty list of layer sizes ≥ 1, e.g. [16,16]"),
+    "model.hidden_sizes": (
+        (lambda v: len(v) > 0 and all(int(n) >= 1 for n in v)),
+        "a non-empty list of layer sizes ≥ 1, e.g. [16,16]",
+    ),
     "model.activation": one_of(*ACTIVATIONS),
     "model.cost": one_of(*COSTS),
     "model.init": one_of(*INITS),
@@ -227,7 +237,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.augment.shear": in_range(0, 80),
     "train.augment.elastic_alpha": at_least(0),
     "train.augment.elastic_sigma": greater_than(0),
-    "baseline.name": one_of("none", "sklearn_mlp"),
+    "baseline.name": one_of("none", *(name for name in FAMILIES if name != OURS)),
     "data.mirror_deadline": greater_than(0),
     "analyze.seeds": at_least(2),
     "analyze.noise_images": at_least(1),
@@ -257,25 +267,35 @@ def validate(cfg, stages: dict) -> None:
     """Raise PipelineError naming every key whose value breaks its constraint, every key
     the schema does not know, and a network too large for this machine's memory; then,
     the settings being sound, check that the store's folder can be written."""
-    problems = [f"{key}: not a setting (a typo? `python -m pipeline --help` lists them)"
-                for key in unknown_keys(cfg)]
+    problems = [
+        f"{key}: not a setting (a typo? `python -m pipeline --help` lists them)"
+        for key in unknown_keys(cfg)
+    ]
     for key, (ok, accepts) in CONSTRAINTS.items():
         value = OmegaConf.select(cfg, key)
         if value is None:
             continue  # a group this run does not use
         if not ok(value):
-            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            shown = plain(value, resolve=False)
             problems.append(f"{key}={shown!r}: must be {accepts}")
-    problems += [f"{key}={value}: must be a finite number" for key, value in _leaves(cfg)
-                 if isinstance(value, float) and not math.isfinite(value)]
-    problems += [f"evaluate.run_ids: {run_id!r} must be {RUN_ID[1]}"
-                 for run_id in cfg.evaluate.run_ids if not RUN_ID[0](run_id)]
+    problems += [
+        f"{key}={value}: must be a finite number"
+        for key, value in _leaves(cfg)
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    problems += [
+        f"evaluate.run_ids: {run_id!r} must be {RUN_ID[1]}"
+        for run_id in cfg.evaluate.run_ids
+        if not RUN_ID[0](run_id)
+    ]
     unknown = [s for s in cfg.stages if s not in stages]
     if unknown:
         problems.append(f"stages: unknown stage(s) {unknown}; choose from {list(stages)}")
     if "evaluate" in cfg.stages and "train" in cfg.stages and not cfg.tracking.log_model:
-        problems.append("tracking.log_model=false: the evaluate stage loads the logged models; "
-                        "set tracking.log_model=true or drop evaluate from stages")
+        problems.append(
+            "tracking.log_model=false: the evaluate stage loads the logged models; "
+            "set tracking.log_model=true or drop evaluate from stages"
+        )
     if "search" in cfg.stages:
         try:
             search_space(cfg)
@@ -284,12 +304,16 @@ def validate(cfg, stages: dict) -> None:
     n_train = training_set_size(cfg.data) if cfg.get("data") else None
     if n_train is not None and n_train < 10:
         total = n_train + int(cfg.data.validation_size) + int(cfg.data.test_size or 0)
-        problems.append(f"data.validation_size={cfg.data.validation_size}"
-                        + (f" with data.test_size={cfg.data.test_size}" if cfg.data.test_size else "")
-                        + f": must leave at least 10 of the {total} images for training")
+        problems.append(
+            f"data.validation_size={cfg.data.validation_size}"
+            + (f" with data.test_size={cfg.data.test_size}" if cfg.data.test_size else "")
+            + f": must leave at least 10 of the {total} images for training"
+        )
     elif n_train is not None and "train" in cfg.stages and cfg.train.batch_size > n_train:
-        problems.append(f"train.batch_size={cfg.train.batch_size}: must be at most the "
-                        f"training set size ({n_train} images)")
+        problems.append(
+            f"train.batch_size={cfg.train.batch_size}: must be at most the "
+            f"training set size ({n_train} images)"
+        )
     if not problems and ({"train", "search"} & set(cfg.stages)):
         problems += memory_problems(cfg)
     if problems:
@@ -305,7 +329,7 @@ def unknown_keys(cfg, schema: type | None = None, prefix: str = "") -> list[str]
     schema = schema or Config
     types = typing.get_type_hints(schema)
     found = []
-    for key in cfg.keys():
+    for key in cfg:
         if key == "hydra":
             continue
         if key not in types:
@@ -325,10 +349,12 @@ def memory_problems(cfg) -> list[str]:
         return []
     sizes = [DATASETS[cfg.data.name]["pixels"], *cfg.model.hidden_sizes, N_CLASSES]
     n_params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
-    return [f"model.hidden_sizes={list(cfg.model.hidden_sizes)}: a {'-'.join(map(str, sizes))} "
-            f"network has {n_params:,} weights and biases; training it needs about "
-            f"{need / 2**30:,.1f} GiB of memory and this machine has {available / 2**30:.1f} GiB "
-            "available. Use smaller hidden layers"]
+    return [
+        f"model.hidden_sizes={list(cfg.model.hidden_sizes)}: a {'-'.join(map(str, sizes))} "
+        f"network has {n_params:,} weights and biases; training it needs about "
+        f"{need / 2**30:,.1f} GiB of memory and this machine has {available / 2**30:.1f} GiB "
+        "available. Use smaller hidden layers"
+    ]
 
 
 def training_bytes(cfg) -> int:
@@ -358,8 +384,7 @@ def available_memory() -> int | None:
 
 def _leaves(cfg, prefix: str = ""):
     """(dotted key, value) for every leaf of the config."""
-    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-    for key, value in container.items():
+    for key, value in plain(cfg).items():
         if isinstance(value, dict):
             yield from _leaves(value, f"{prefix}{key}.")
         elif isinstance(value, list):
@@ -373,10 +398,15 @@ def training_set_size(data_cfg) -> int | None:
     """Images left for training once the validation (and, for digits, test) split is out."""
     if data_cfg.name not in DATASETS:
         return None
-    return DATASETS[data_cfg.name]["images"] - int(data_cfg.validation_size) - int(data_cfg.test_size or 0)
+    return (
+        DATASETS[data_cfg.name]["images"]
+        - int(data_cfg.validation_size)
+        - int(data_cfg.test_size or 0)
+    )
 
 
 # ---- Hydra's own refusals, as one line -------------------------------------------------
+
 
 def override_error(error: Exception, argv: list[str] | None = None) -> str:
     """One line for an override Hydra refused before the app ran: a group given something
@@ -387,15 +417,18 @@ def override_error(error: Exception, argv: list[str] | None = None) -> str:
         if group.is_dir() and "," not in value:
             presets = sorted(p.stem for p in group.glob("*.yaml"))
             if value not in presets and value != "null":
-                return f"{arg}: {key} takes the name of a preset in conf/{key}/: {', '.join(presets)}"
+                return (
+                    f"{arg}: {key} takes the name of a preset in conf/{key}/: {', '.join(presets)}"
+                )
     lines = []
     for part in (error, error.__cause__):
         if part is None:
             continue
         for line in str(part).splitlines():
             line = line.strip()
-            if line and not line.startswith(("full_key:", "object_type", "reference_type",
-                                              "To append to your config")):
+            if line and not line.startswith(
+                ("full_key:", "object_type", "reference_type", "To append to your config")
+            ):
                 lines.append(line.rstrip("."))
                 break
     cause = str(error.__cause__ or "")
@@ -411,29 +444,44 @@ _ABSENT = object()
 def search_space(cfg) -> dict[str, dict]:
     """search.space checked against the config: each key a setting of the config, each
     entry a range {low, high[, log]} (typed as the setting: int or float) or {choices}."""
-    space = OmegaConf.to_container(cfg.search.space, resolve=True)
+    space: dict[str, Any] = plain(cfg.search.space)
     if not space:
-        raise PipelineError("search.space: empty; name the settings to search, e.g. "
-                            "search.space={train.learning_rate:{low:0.01,high:3.0,log:true}}")
-    checked, problems = {}, []
+        raise PipelineError(
+            "search.space: empty; name the settings to search, e.g. "
+            "search.space={train.learning_rate:{low:0.01,high:3.0,log:true}}"
+        )
+    checked: dict[str, dict] = {}
+    problems: list[str] = []
     for key, spec in space.items():
         where = f"search.space.{key}"
         current = OmegaConf.select(cfg, key, default=_ABSENT)
         if current is _ABSENT or key.startswith(("search", "hydra", "paths", "tracking", "stages")):
-            problems.append(f"{where}: not a setting a trial can vary (e.g. train.learning_rate, "
-                            "model.hidden_sizes)")
+            problems.append(
+                f"{where}: not a setting a trial can vary (e.g. train.learning_rate, "
+                "model.hidden_sizes)"
+            )
         elif not isinstance(spec, dict):
             problems.append(f"{where}={spec!r}: must be {{low, high[, log]}} or {{choices: [...]}}")
         elif "choices" in spec:
-            if not isinstance(spec["choices"], list) or not spec["choices"] or set(spec) != {"choices"}:
+            if (
+                not isinstance(spec["choices"], list)
+                or not spec["choices"]
+                or set(spec) != {"choices"}
+            ):
                 problems.append(f"{where}: choices must be a non-empty list, alone")
             else:
                 checked[key] = spec
         elif {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
             kind = "int" if isinstance(current, int) and not isinstance(current, bool) else "float"
             low, high = spec["low"], spec["high"]
-            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
-            if not numbers or not low < high or (kind == "int" and not (low == int(low) and high == int(high))):
+            numbers = all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)
+            )
+            if (
+                not numbers
+                or not low < high
+                or (kind == "int" and not (low == int(low) and high == int(high)))
+            ):
                 problems.append(f"{where}: low < high, {kind}s (the setting is {kind})")
             elif spec.get("log") and low <= 0:
                 problems.append(f"{where}: a log range needs low > 0")

@@ -32,10 +32,18 @@ class CollapseError(DivergenceError):
 # What the app reports as one line and exit code 2: the pipeline's and the engine's own.
 USER_ERRORS = (PipelineError, EngineError)
 
-_UNREACHABLE = re.compile(r"API request to (?P<url>\S+?)/api/\S* failed with exception (?P<why>.*)", re.S)
-_REFUSED = re.compile(r"API request to endpoint (?P<endpoint>\S+) failed with error code (?P<code>\d+)")
-_NOT_WRITABLE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable",
-                 errno.EPERM: "is not writable", errno.ENOSPC: "has no space left"}
+_UNREACHABLE = re.compile(
+    r"API request to (?P<url>\S+?)/api/\S* failed with exception (?P<why>.*)", re.S
+)
+_REFUSED = re.compile(
+    r"API request to endpoint (?P<endpoint>\S+) failed with error code (?P<code>\d+)"
+)
+_NOT_WRITABLE = {
+    errno.EROFS: "is on a read-only file system",
+    errno.EACCES: "is not writable",
+    errno.EPERM: "is not writable",
+    errno.ENOSPC: "has no space left",
+}
 
 
 def user_error(error: BaseException) -> str | None:
@@ -47,16 +55,25 @@ def user_error(error: BaseException) -> str | None:
     if type(error).__module__.startswith(("mlflow", "requests", "urllib3")):
         if match := _UNREACHABLE.search(text):
             why = re.sub(r"\s+", " ", match["why"])
-            why = (re.search(r"\[Errno \d+\] [^\"')]+", why) or re.search(r"[A-Za-z]*Error\S*", why)
-                   or [why[:200]])[0]
-            return (f"cannot reach the tracking server {redact(match['url'])}: {why}. Is it "
-                    "running (make server, make ui)? Check MLFLOW_TRACKING_URI")
+            why = (
+                re.search(r"\[Errno \d+\] [^\"')]+", why)
+                or re.search(r"[A-Za-z]*Error\S*", why)
+                or [why[:200]]
+            )[0]
+            return (
+                f"cannot reach the tracking server {redact(match['url'])}: {why}. Is it "
+                "running (make server, make ui)? Check MLFLOW_TRACKING_URI"
+            )
         if match := _REFUSED.search(text):
-            return (f"the tracking server failed a request ({match['endpoint']}: HTTP "
-                    f"{match['code']}); is its database up? Check `make server`'s output")
+            return (
+                f"the tracking server failed a request ({match['endpoint']}: HTTP "
+                f"{match['code']}); is its database up? Check `make server`'s output"
+            )
     if isinstance(error, OSError) and error.errno in _NOT_WRITABLE and error.filename:
         where = str(error.filename)
-        return (f"cannot write {where}: it {_NOT_WRITABLE[error.errno]} ({error.strerror}). Make "
-                "it writable (or free space), or point paths.data_dir / paths.mlruns_dir at "
-                "another folder")
+        return (
+            f"cannot write {where}: it {_NOT_WRITABLE[error.errno]} ({error.strerror}). Make "
+            "it writable (or free space), or point paths.data_dir / paths.mlruns_dir at "
+            "another folder"
+        )
     return None

@@ -12,20 +12,23 @@ for SIGTERM), as a shell does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from pipeline.paths import process_alive
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = {signal.SIGINT: "SIGINT (Ctrl-C)",
-                signal.SIGTERM: "SIGTERM (kill, timeout or a container stop)",
-                signal.SIGHUP: "SIGHUP (its terminal closed)"}
+STOP_SIGNALS: dict[int, str] = {
+    signal.SIGINT: "SIGINT (Ctrl-C)",
+    signal.SIGTERM: "SIGTERM (kill, timeout or a container stop)",
+    signal.SIGHUP: "SIGHUP (its terminal closed)",
+}
 GRACE_SECONDS = 20  # for the processes a launcher started to close their runs and exit
 
 
@@ -70,8 +73,11 @@ def install(before_raising: Callable[[int], object] | None = None) -> None:
 
     def handler(signum, frame):
         if _stopping:
-            log.warning("%s again: still closing the runs (SIGKILL abandons them RUNNING "
-                        "until the next run on this machine closes them)", signal.Signals(signum).name)
+            log.warning(
+                "%s again: still closing the runs (SIGKILL abandons them RUNNING "
+                "until the next run on this machine closes them)",
+                signal.Signals(signum).name,
+            )
             return
         if in_database_code(frame):  # raised there, it could leave a transaction (and a
             # SQLite store's write lock) open: this process, and every other writer, would
@@ -111,7 +117,9 @@ def stop_with_make() -> None:
 
 
 # Code that an exception must not interrupt half-way: a database transaction.
-_DATABASE_CODE = tuple(f"{os.sep}{name}{os.sep}" for name in ("sqlalchemy", "sqlite3", "alembic", "psycopg"))
+_DATABASE_CODE = tuple(
+    f"{os.sep}{name}{os.sep}" for name in ("sqlalchemy", "sqlite3", "alembic", "psycopg")
+)
 
 
 def in_database_code(frame) -> bool:
@@ -136,6 +144,7 @@ def installed() -> bool:
 
 # ---- a launcher's processes ---------------------------------------------------------------
 
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (children, grandchildren, ...), from /proc (Linux)."""
     children: dict[int, list[int]] = {}
@@ -157,8 +166,9 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop_descendants(signum: int = signal.SIGTERM, first: Iterable[int] = (),
-                     grace: float = GRACE_SECONDS) -> list[int]:
+def stop_descendants(
+    signum: int = signal.SIGTERM, first: Iterable[int] = (), grace: float = GRACE_SECONDS
+) -> list[int]:
     """Pass `signum` on to every process this one started (joblib/loky workers, submitit
     jobs, a local Ray cluster's), SIGTERM to those that ignore it, so that each closes its
     runs KILLED with the same reason; SIGKILL what is left after `grace` seconds. The
@@ -182,8 +192,9 @@ def _stop(pids: list[int], signum: int, grace: float) -> None:
         else:
             deaf.append(pid)
     deadline = time.monotonic() + grace
-    while (alive := [p for p in pids if p not in deaf and process_alive(p)]) and \
-            time.monotonic() < deadline:
+    while (
+        alive := [p for p in pids if p not in deaf and process_alive(p)]
+    ) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in alive:
         log.warning("process %d did not stop within %.0f s: killed", pid, grace)
@@ -204,8 +215,5 @@ def _ignores(pid: int, sig: int) -> bool:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-

@@ -12,7 +12,9 @@ import logging
 import re
 
 # scheme://user:password@  →  scheme://user:***@   (a user name alone is no secret)
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@"
+)
 
 
 def redact(text: str) -> str:
@@ -37,7 +39,10 @@ class RedactingFilter(logging.Filter):
 def redact_all_handlers() -> None:
     """Put RedactingFilter on every handler of every logger there is now (Hydra's console
     and file handlers, MLflow's own), once."""
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(name) for name in logging.root.manager.loggerDict),
+    ]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):

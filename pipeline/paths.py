@@ -86,8 +86,10 @@ def check_writable(folder: Path, what: str, key: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise PipelineError(f"cannot write {what} in {folder} ({e.strerror or e}): make it "
-                            f"writable, or point {key} at a writable folder") from None
+        raise PipelineError(
+            f"cannot write {what} in {folder} ({e.strerror or e}): make it "
+            f"writable, or point {key} at a writable folder"
+        ) from None
 
 
 def process_alive(pid: int, started: str = "") -> bool:

@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pipeline import config as _config  # noqa: F401 — registers the schema with Hydra
-from pipeline import download
-from pipeline.idx import write_idx
+from pipeline.data import download
+from pipeline.data.idx import write_idx
 from pipeline.paths import PROJECT_ROOT
 
 # Captured before the autouse fixture below hides it from every test.
@@ -82,4 +82,3 @@ def real_mnist_mirror() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
-

@@ -6,6 +6,7 @@ import pytest
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -17,11 +18,13 @@ def ask_served_model(port: int, rows, server, seconds: int = 120):
     import json
     import time
     import urllib.request
+
     body = json.dumps({"inputs": rows.tolist()}).encode()
     for _ in range(seconds):
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                             {"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=10) as response:
                 return json.loads(response.read())
         except OSError:

@@ -40,7 +40,9 @@ def _cpu_flags() -> set[str]:
 
 def _default_kernel() -> str | None:
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return blas[0].get("architecture") if blas and blas[0].get("internal_api") == "openblas" else None
+    return (
+        blas[0].get("architecture") if blas and blas[0].get("internal_api") == "openblas" else None
+    )
 
 
 def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[list[float], set]:
@@ -51,12 +53,29 @@ def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[li
     processes = []
     for seed in seeds:
         store = f"sqlite:///{tmp_path / f'seed{seed}.db'}"
-        processes.append((store, subprocess.Popen(
-            [sys.executable, "-m", "pipeline", f"paths.data_dir={tmp_path / 'data'}",
-             "stages=[train]", "baseline=none", "tracking.log_model=false", f"seed={seed}",
-             *overrides],
-            cwd=PROJECT_ROOT, env={**env, "MLFLOW_TRACKING_URI": store},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        processes.append(
+            (
+                store,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pipeline",
+                        f"paths.data_dir={tmp_path / 'data'}",
+                        "stages=[train]",
+                        "baseline=none",
+                        "tracking.log_model=false",
+                        f"seed={seed}",
+                        *overrides,
+                    ],
+                    cwd=PROJECT_ROOT,
+                    env={**env, "MLFLOW_TRACKING_URI": store},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     accuracies, kernels = [], set()
     for store, process in processes:
         _, err = process.communicate(timeout=900)
@@ -71,7 +90,8 @@ def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[li
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["default", *KERNEL_NEEDS])
 def test_classic_setup_on_real_mnist_holds_its_floor_under_each_kernel(
-        kernel, real_mnist_mirror, make_cfg, tmp_path):
+    kernel, real_mnist_mirror, make_cfg, tmp_path
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     if kernel != "default":
         if _default_kernel() is None:
@@ -98,8 +118,10 @@ FRONTIER_FLOOR = 0.975
 
 @pytest.mark.slow
 def test_the_frontier_recipe_on_real_mnist_clears_its_floor_in_three_epochs(
-        real_mnist_mirror, make_cfg, tmp_path):
+    real_mnist_mirror, make_cfg, tmp_path
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    accuracies, _ = _train_seeds(real_mnist_mirror, make_cfg, tmp_path, env, (0, 1),
-                                 "model=frontier", "train.epochs=3")
+    accuracies, _ = _train_seeds(
+        real_mnist_mirror, make_cfg, tmp_path, env, (0, 1), "model=frontier", "train.epochs=3"
+    )
     assert min(accuracies) >= FRONTIER_FLOOR, f"seeds 0, 1 gave {accuracies}"

@@ -6,9 +6,10 @@ import sklearn.neural_network._multilayer_perceptron as sk_mlp
 from mlflow.tracking import MlflowClient
 from sklearn.neural_network import MLPClassifier
 
-from pipeline import baseline, preprocess
 from pipeline.app import run_stages
+from pipeline.data import dataset
 from pipeline.engine import Network, SGDConfig, train
+from pipeline.families import sklearn_mlp as baseline
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
@@ -22,9 +23,17 @@ def test_an_epoch_of_ours_equals_mlpclassifier_step_for_step(activation):
     net = Network([7, 6, 5, 10], activation, "cross_entropy", "glorot", "float64", rng=rng)
     # sklearn's weights: created by a first call, then overwritten with ours (in place: its
     # optimizer holds references), its momentum reset to zero like ours at the start.
-    clf = MLPClassifier(hidden_layer_sizes=(6, 5), activation=baseline.SKLEARN_ACTIVATION[activation],
-                        solver="sgd", learning_rate_init=eta, momentum=mu, nesterovs_momentum=False,
-                        batch_size=m, alpha=baseline.equivalent_alpha(l2, m, n), shuffle=False)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(6, 5),
+        activation=baseline.SKLEARN_ACTIVATION[activation],
+        solver="sgd",
+        learning_rate_init=eta,
+        momentum=mu,
+        nesterovs_momentum=False,
+        batch_size=m,
+        alpha=baseline.equivalent_alpha(l2, m, n),
+        shuffle=False,
+    )
     clf.partial_fit(x[:m], y[:m], classes=np.arange(10))
     for ours, theirs in zip(net.weights + net.biases, clf.coefs_ + clf.intercepts_):
         theirs[...] = ours
@@ -32,8 +41,14 @@ def test_an_epoch_of_ours_equals_mlpclassifier_step_for_step(activation):
     before = net.params.copy()
 
     order = np.random.default_rng(11).permutation(n)  # the shuffle our epoch will draw
-    train(net, x, y, SGDConfig(epochs=1, batch_size=m, learning_rate=eta, momentum=mu, l2=l2),
-          np.random.default_rng(11), evaluate=False)
+    train(
+        net,
+        x,
+        y,
+        SGDConfig(epochs=1, batch_size=m, learning_rate=eta, momentum=mu, l2=l2),
+        np.random.default_rng(11),
+        evaluate=False,
+    )
     clf.partial_fit(x[order], y[order])  # one epoch of n/m = 3 steps, in our order
 
     assert not np.allclose(net.params, before)  # the steps did move the weights
@@ -49,7 +64,8 @@ def test_alpha_maps_our_l2_to_the_same_decay_per_step():
 
 
 def test_a_3_epoch_run_with_l2_logs_the_mapped_alpha_and_shuffles_afresh_every_epoch(
-        make_cfg, tmp_path, monkeypatch):
+    make_cfg, tmp_path, monkeypatch
+):
     permutations = []
     real_shuffle = sk_mlp.shuffle
 
@@ -60,10 +76,16 @@ def test_a_3_epoch_run_with_l2_logs_the_mapped_alpha_and_shuffles_afresh_every_e
 
     monkeypatch.setattr(sk_mlp, "shuffle", recording_shuffle)
     # (λ=0.5: at λ=5 the classic net's weights decay to a constant output on 1,197 images)
-    cfg = make_cfg("data=digits", "train.epochs=3", "train.l2=0.5", "train.batch_size=10",
-                   "stages=[preprocess,train]", "tracking.log_model=false")
+    cfg = make_cfg(
+        "data=digits",
+        "train.epochs=3",
+        "train.l2=0.5",
+        "train.batch_size=10",
+        "stages=[preprocess,train]",
+        "tracking.log_model=false",
+    )
     run_stages(cfg)
-    n_train = len(preprocess.load(cfg).y("train"))
+    n_train = len(dataset.load(cfg).y("train"))
 
     assert len(permutations) == 3
     assert all(sorted(p) == list(range(n_train)) for p in permutations)

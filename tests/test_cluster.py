@@ -24,9 +24,9 @@ from helpers import free_port
 from mlflow.tracking import MlflowClient
 from test_search import check_one_child_per_trial, search_runs
 
-from pipeline import postgres
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
+from pipeline.serve import postgres
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,14 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path, seconds: int = 
                     return
         except OSError:
             time.sleep(1)
-    pytest.fail(f"the tracking server did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(
+        f"the tracking server did not answer within {seconds} s:\n{log.read_text()[-3000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
 def server():
-    """`python -m pipeline.server` (what `make server` runs) on free ports, in a folder the
+    """`python -m pipeline.serve.server` (what `make server` runs) on free ports, in a folder the
     postgres user can reach (pytest's own temp folders are private to root)."""
     _require("PostgreSQL", postgres.bindir)
     _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
@@ -65,22 +67,38 @@ def server():
     log = folder / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.server", "--port", str(port), "--pg-port", str(pg_port),
-             "--mlruns", str(folder / "mlruns")],
-            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "pipeline.serve.server",
+                "--port",
+                str(port),
+                "--pg-port",
+                str(pg_port),
+                "--mlruns",
+                str(folder / "mlruns"),
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process, log)
         cluster = postgres.Cluster(folder / "mlruns" / "postgres")
-        yield SimpleNamespace(uri=url, optuna=cluster.url(pg_port, "optuna"), folder=folder,
-                              cluster=cluster, log=log)
+        yield SimpleNamespace(
+            uri=url, optuna=cluster.url(pg_port, "optuna"), folder=folder, cluster=cluster, log=log
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
     try:
         assert process.returncode == 0, log.read_text()[-3000:]
         assert cluster.port() is None, "the server left its PostgreSQL cluster running"
-        assert "127.0.0.1" in (folder / "mlruns" / "postgres" / "data" / "postmaster.opts").read_text()
+        assert (
+            "127.0.0.1" in (folder / "mlruns" / "postgres" / "data" / "postmaster.opts").read_text()
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -95,10 +113,23 @@ def _env(server) -> dict:
 def test_a_ray_sweep_logs_each_job_once_to_the_postgres_server(server, tmp_path):
     _require("the ray extra", lambda: __import__("hydra_plugins.hydra_ray_launcher.ray_launcher"))
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sweep=smoke", "hydra/launcher=ray_cluster",
-         "++hydra.launcher.ray.init.num_cpus=2", "tracking.experiment=ray-smoke",
-         f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-        cwd=PROJECT_ROOT, env=_env(server), capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "sweep=smoke",
+            "hydra/launcher=ray_cluster",
+            "++hydra.launcher.ray.init.num_cpus=2",
+            "tracking.experiment=ray-smoke",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=_env(server),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     ray_workers = set(re.findall(r"\(_run_job pid=(\d+)", output))
@@ -110,7 +141,9 @@ def test_a_ray_sweep_logs_each_job_once_to_the_postgres_server(server, tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(runs) == 1 + len(children)
-    jobs = sorted((r.data.params["model.hidden_sizes"], r.data.tags["model_family"]) for r in children)
+    jobs = sorted(
+        (r.data.params["model.hidden_sizes"], r.data.tags["model_family"]) for r in children
+    )
     assert jobs == sorted((h, f) for h in ("[8]", "[16]") for f in ("numpy_mlp", "sklearn_mlp"))
     assert {r.info.status for r in children} == {"FINISHED"}
     # Artifacts went through the server (no shared disk needed), into its own store.
@@ -138,16 +171,31 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     n_trials = 6
     # No pruner here (test_search covers it): every trial runs its 60 epochs, seconds, so
     # the worker is surely killed inside one. A lost worker is noticed after 10 s.
-    command = [sys.executable, "-m", "pipeline", "search=smoke", f"search.n_trials={n_trials}",
-               "search.pruner=none", "train.epochs=60", "search.stale_after=10",
-               "tracking.experiment=search-pg",
-               f"paths.data_dir={tmp_path / 'data'}", f"paths.mlruns_dir={tmp_path / 'mlruns'}",
-               f"hydra.run.dir={tmp_path / 'out'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "search=smoke",
+        f"search.n_trials={n_trials}",
+        "search.pruner=none",
+        "train.epochs=60",
+        "search.stale_after=10",
+        "tracking.experiment=search-pg",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.mlruns_dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
     env = {**_env(server), "OPTUNA_STORAGE": server.optuna}
     log = tmp_path / "search.log"
     with open(log, "w") as out:
-        launcher = subprocess.Popen([*command, "search.workers=2"], cwd=PROJECT_ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        launcher = subprocess.Popen(
+            [*command, "search.workers=2"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     # One storage (one connection pool) for all the polling below: a URL would open a new
     # engine per call, and their idle connections exhaust the server's max_connections.
     storage = optuna.storages.RDBStorage(server.optuna)
@@ -162,12 +210,17 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
             except ValueError:
                 continue  # no study yet
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            if any(t.user_attrs.get("worker", "").endswith(f":{victim}") and (t.last_step or 0) >= 3
-                   for t in study.get_trials(states=running)):
+            if any(
+                t.user_attrs.get("worker", "").endswith(f":{victim}") and (t.last_step or 0) >= 3
+                for t in study.get_trials(states=running)
+            ):
                 os.kill(victim, signal.SIGKILL)
                 time.sleep(1)  # the trial it died in: RUNNING until its heartbeat goes stale
-                (killed,) = [t.number for t in study.get_trials(states=running)
-                             if t.user_attrs.get("worker", "").endswith(f":{victim}")]
+                (killed,) = [
+                    t.number
+                    for t in study.get_trials(states=running)
+                    if t.user_attrs.get("worker", "").endswith(f":{victim}")
+                ]
         assert killed is not None, "no trial of the second worker got past epoch 3"
         launcher.wait(timeout=900)
     finally:
@@ -182,8 +235,9 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == n_trials
 
     # The same command again resumes: nothing left to train; it summarises and closes.
-    again = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert f"{n_trials} of {n_trials} trials done" in again.stdout + again.stderr
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -192,8 +246,9 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     killed_run = children[study.trials[killed].user_attrs["mlflow_run_id"]]
     assert killed_run.info.status == "KILLED"
     assert killed_run.data.tags["failure_reason"].startswith("interrupted")
-    assert server.optuna.split("@")[0].split(":")[-1] not in output + again.stdout + again.stderr, \
+    assert server.optuna.split("@")[0].split(":")[-1] not in output + again.stdout + again.stderr, (
         "the database password was shown"
+    )
     assert all(r.info.status != "RUNNING" for r in children.values())
     assert not (tmp_path / "mlruns" / "optuna.db").exists(), "the study went to SQLite"
 
@@ -209,9 +264,22 @@ def test_stopping_make_server_after_its_postgresql_died_is_one_line(tmp_path):
     log = folder / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.server", "--port", str(port), "--pg-port", str(pg_port),
-             "--mlruns", str(folder / "mlruns")],
-            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "pipeline.serve.server",
+                "--port",
+                str(port),
+                "--pg-port",
+                str(pg_port),
+                "--mlruns",
+                str(folder / "mlruns"),
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", process, log)
         cluster = postgres.Cluster(folder / "mlruns" / "postgres")

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from pipeline import download
-from pipeline.download import DownloadError, fetch
+from pipeline.data import download
+from pipeline.data.download import DownloadError, fetch
 from pipeline.paths import temp_prefix
 
 
@@ -16,7 +16,7 @@ def _files(folder):
 
 def test_fetches_and_verifies_every_file_from_a_folder_mirror(tiny_mnist, make_cfg):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]")
-    paths = download.run(cfg)
+    paths = download.fetch_all(cfg)
     assert sorted(p.name for p in paths.values()) == sorted(download.MNIST_FILES)
     for name, path in paths.items():
         assert path.read_bytes() == (tiny_mnist / name).read_bytes()
@@ -84,31 +84,38 @@ def test_an_interrupted_download_leaves_no_trusted_file(tiny_mnist, tmp_path, mo
         def __exit__(self, *exc):
             self.stream.close()
 
-    monkeypatch.setattr(download, "_open",
-                        lambda m, n, t: (DiesHalfway(real_open(m, n, t)[0]), None))
+    monkeypatch.setattr(
+        download, "_open", lambda m, n, t: (DiesHalfway(real_open(m, n, t)[0]), None)
+    )
     dest_dir = tmp_path / "raw"
     with pytest.raises(KeyboardInterrupt):
         fetch(name, md5, [str(tiny_mnist)], dest_dir)
     assert _files(dest_dir) == []
     monkeypatch.setattr(download, "_open", real_open)
-    assert hashlib.md5(fetch(name, md5, [str(tiny_mnist)], dest_dir).read_bytes()).hexdigest() == md5
+    assert (
+        hashlib.md5(fetch(name, md5, [str(tiny_mnist)], dest_dir).read_bytes()).hexdigest() == md5
+    )
 
 
 def test_verified_files_are_not_fetched_again(tiny_mnist, make_cfg, monkeypatch):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]")
-    download.run(cfg)
+    download.fetch_all(cfg)
 
     def no_fetch(*args):
         raise AssertionError("fetched a file that was already present and verified")
 
     monkeypatch.setattr(download, "_open", no_fetch)
-    assert len(download.run(cfg)) == 4
+    assert len(download.fetch_all(cfg)) == 4
 
 
 def test_env_mirror_is_tried_first_and_made_absolute(tiny_mnist, monkeypatch):
     monkeypatch.chdir(tiny_mnist.parent)
     monkeypatch.setenv(download.MIRROR_ENV, tiny_mnist.name)
-    assert download.mirror_list(["https://a", "https://b"]) == [str(tiny_mnist), "https://a", "https://b"]
+    assert download.mirror_list(["https://a", "https://b"]) == [
+        str(tiny_mnist),
+        "https://a",
+        "https://b",
+    ]
 
 
 def test_a_killed_downloads_temp_file_is_removed_a_live_ones_kept(tiny_mnist, make_cfg, tmp_path):
@@ -122,5 +129,5 @@ def test_a_killed_downloads_temp_file_is_removed_a_live_ones_kept(tiny_mnist, ma
     live = dest_dir / (temp_prefix(dest_dir / name, os.getpid()) + "efgh5678.part")
     dead.write_bytes(b"half a file")
     live.write_bytes(b"a file being written")
-    download.run(cfg)
+    download.fetch_all(cfg)
     assert not dead.exists() and live.exists()

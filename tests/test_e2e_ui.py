@@ -1,4 +1,4 @@
-"""End to end: a store made as a user makes it, then `python -m pipeline.ui`, then Chromium.
+"""End to end: a store made as a user makes it, then `python -m pipeline.serve.ui`, then Chromium.
 
 The store, on the bundled 8×8 digits in one fresh experiment: a plain run (`make run`),
 a smoke sweep (which registers its best run as digits-classifier@champion) and an
@@ -33,8 +33,16 @@ from pipeline.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SHOTS = PROJECT_ROOT / "test-artifacts" / "e2e"
 
 
@@ -73,16 +81,30 @@ def _wait_for(url: str, seconds: float = 90) -> None:
 
 EXPERIMENT = "digits"
 MODEL = "digits-classifier"
-SMALL_ANALYSIS = ["analyze.memorize_subset=300", "analyze.memorize_wide_epochs=40",
-                  "analyze.memorize_epochs=10", "analyze.lr_epochs=5", "analyze.seeds=3",
-                  "analyze.noise_images=200"]
+SMALL_ANALYSIS = [
+    "analyze.memorize_subset=300",
+    "analyze.memorize_wide_epochs=40",
+    "analyze.memorize_epochs=10",
+    "analyze.lr_epochs=5",
+    "analyze.seeds=3",
+    "analyze.noise_images=200",
+]
 
 
 def _pipeline(args, tmp, env):
-    common = [f"paths.mlruns_dir={tmp / 'mlruns'}", f"paths.data_dir={tmp / 'data'}",
-              f"tracking.experiment={EXPERIMENT}"]
-    result = subprocess.run([sys.executable, "-m", "pipeline", *args, *common],
-                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    common = [
+        f"paths.mlruns_dir={tmp / 'mlruns'}",
+        f"paths.data_dir={tmp / 'data'}",
+        f"tracking.experiment={EXPERIMENT}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, *common],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"{args}\n{result.stderr[-3000:]}"
 
 
@@ -92,31 +114,67 @@ def ui(tmp_path_factory):
     _browser_or_skip()
     tmp = tmp_path_factory.mktemp("e2e")
     mlruns = tmp / "mlruns"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR")
+    }
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
     _pipeline(["data=digits", "train.epochs=3", f"hydra.run.dir={tmp / 'run'}"], tmp, env)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     plain = {r.data.tags["model_family"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(plain) == {"numpy_mlp", "sklearn_mlp"}
     _pipeline(["sweep=smoke", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp, env)
-    _pipeline(["stages=[analyze]", "data=digits", f"analyze.run_id={plain['numpy_mlp'].info.run_id}",
-               f"hydra.run.dir={tmp / 'analyze'}", *SMALL_ANALYSIS], tmp, env)
+    _pipeline(
+        [
+            "stages=[analyze]",
+            "data=digits",
+            f"analyze.run_id={plain['numpy_mlp'].info.run_id}",
+            f"hydra.run.dir={tmp / 'analyze'}",
+            *SMALL_ANALYSIS,
+        ],
+        tmp,
+        env,
+    )
     runs = client.search_runs([experiment.experiment_id])
     port = _free_port()
     log = tmp / "ui.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "pipeline.ui", "--port", str(port),
-                                   "--mlruns", str(mlruns)], cwd=PROJECT_ROOT, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, text=True)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.serve.ui",
+                "--port",
+                str(port),
+                "--mlruns",
+                str(mlruns),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{url}/health")
         # `make ui` prints a link per experiment that opens it in the model-training view
-        links = dict(line.strip().split(": ", 1) for line in log.read_text().splitlines()
-                     if line.startswith("  ") and ": http" in line)
-        yield {"url": url, "experiment_id": experiment.experiment_id, "runs": runs, "port": port,
-               "mlruns": mlruns, "client": client, "plain": plain, "links": links}
+        links = dict(
+            line.strip().split(": ", 1)
+            for line in log.read_text().splitlines()
+            if line.startswith("  ") and ": http" in line
+        )
+        yield {
+            "url": url,
+            "experiment_id": experiment.experiment_id,
+            "runs": runs,
+            "port": port,
+            "mlruns": mlruns,
+            "client": client,
+            "plain": plain,
+            "links": links,
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -169,7 +227,8 @@ def _show_metric_columns(page, *metrics):
         tree = page.get_by_test_id("column-selector-tree")
         # Metrics come before Parameters in the tree; the title must be the name exactly.
         tree.locator(".du-bois-light-tree-title").filter(
-            has_text=re.compile(f"^{re.escape(metric)}$")).first.click()
+            has_text=re.compile(f"^{re.escape(metric)}$")
+        ).first.click()
         page.keyboard.press("Escape")
         page.locator(f".ag-header-cell[col-id='metrics.`{metric}`']").first.wait_for()
 
@@ -183,9 +242,13 @@ def _cell(page, run_name, col_id):
 
 def test_server_binds_to_loopback_and_refuses_a_taken_port(ui):
     port, mlruns = ui["port"], ui["mlruns"]
-    result = subprocess.run([sys.executable, "-m", "pipeline.ui", "--port", str(port),
-                             "--mlruns", str(mlruns)], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.serve.ui", "--port", str(port), "--mlruns", str(mlruns)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -224,12 +287,16 @@ def test_the_runs_table_shows_named_runs_and_the_accuracy_columns(ui, page):
         page.get_by_text(run.info.run_name).first.wait_for()
     assert {family: run.info.run_name for family, run in plain.items()} == {
         "numpy_mlp": "classic 16-16 sigmoid η=3 m=10 · ours",
-        "sklearn_mlp": "classic 16-16 sigmoid η=3 m=10 · sklearn"}
+        "sklearn_mlp": "classic 16-16 sigmoid η=3 m=10 · sklearn",
+    }
     _show_metric_columns(page, "val_accuracy", "test_accuracy")
     for run in plain.values():
         for metric in ("val_accuracy", "test_accuracy"):
             shown = _cell(page, run.info.run_name, f"metrics.`{metric}`").inner_text()
-            assert float(shown) == pytest.approx(run.data.metrics[metric]), (run.info.run_name, metric)
+            assert float(shown) == pytest.approx(run.data.metrics[metric]), (
+                run.info.run_name,
+                metric,
+            )
     page.screenshot(path=str(SHOTS / "runs_table.png"))
 
 
@@ -274,7 +341,9 @@ def test_the_compare_view_of_two_runs_loads(ui, page):
 
 def test_the_parent_run_lists_its_summary_plots(ui, page):
     parent, _ = _runs_by_kind(ui["runs"])
-    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{parent.info.run_id}/artifacts")
+    page.goto(
+        f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{parent.info.run_id}/artifacts"
+    )
     page.get_by_text("summary").first.click()
     page.get_by_text("test_accuracy_vs_hidden_sizes.png").first.wait_for()
     page.get_by_text("test_accuracy_vs_hidden_sizes.png").first.click()
@@ -297,7 +366,9 @@ def test_the_registered_model_page_shows_the_champion_alias(ui, page):
 def test_the_analysis_run_renders_its_html_report(ui, page):
     analysis = _analysis(ui["runs"])
     assert analysis.data.params["analyzed_run_id"] == ui["plain"]["numpy_mlp"].info.run_id
-    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{analysis.info.run_id}/artifacts")
+    page.goto(
+        f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{analysis.info.run_id}/artifacts"
+    )
     page.get_by_text("report", exact=True).first.click()
     page.get_by_text("analysis.html", exact=True).first.click()
     report = page.frame_locator("iframe").first

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from pipeline.idx import IdxFormatError, read_idx, write_idx
+from pipeline.data.idx import IdxFormatError, read_idx, write_idx
 
 
 def test_images_and_labels_round_trip(tmp_path):
@@ -18,7 +18,7 @@ def test_images_and_labels_round_trip(tmp_path):
 def test_header_is_big_endian_with_the_mnist_magic(tmp_path):
     write_idx(tmp_path / "i", np.zeros((3, 28, 28), np.uint8))
     raw = (tmp_path / "i").read_bytes()
-    assert raw[:16] == bytes.fromhex("00000803" "00000003" "0000001c" "0000001c")
+    assert raw[:16] == bytes.fromhex("00000803000000030000001c0000001c")
 
 
 def _write_raw(path, raw):

@@ -17,22 +17,38 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import environment, paths, tracking
+from pipeline import paths
 from pipeline.app import run_stages
 from pipeline.engine import DivergenceError
 from pipeline.errors import RunFailed
 from pipeline.paths import PROJECT_ROOT
+from pipeline.tracking import environment, identity
+from pipeline.tracking import runs as tracking_runs
+from pipeline.tracking import store as tracking_store
 
 
 def _pipeline(tmp_path, store, *overrides, popen=False, env=None):
-    command = [sys.executable, "-m", "pipeline", "data=digits", f"paths.data_dir={tmp_path / 'data'}",
-               *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "data=digits",
+        f"paths.data_dir={tmp_path / 'data'}",
+        *overrides,
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, **(env or {})}
     if popen:
-        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+        return subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _running_count(db: Path) -> int:
@@ -41,7 +57,8 @@ def _running_count(db: Path) -> int:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
             (count,) = connection.execute(
                 "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid WHERE "
-                "tags.key = 'kind' AND tags.value = 'training' AND runs.status = 'RUNNING'").fetchone()
+                "tags.key = 'kind' AND tags.value = 'training' AND runs.status = 'RUNNING'"
+            ).fetchone()
     except sqlite3.OperationalError:
         return 0
     return count
@@ -49,17 +66,20 @@ def _running_count(db: Path) -> int:
 
 def _training_runs(store: str, experiment: str = "mnist"):
     client = MlflowClient(store)
-    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                              "tags.kind = 'training'")
+    return client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], "tags.kind = 'training'"
+    )
 
 
-def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(make_cfg, tmp_path,
-                                                                       monkeypatch):
+def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(
+    make_cfg, tmp_path, monkeypatch
+):
     db = tmp_path / "store.db"
     store = f"sqlite:///{db}"
     assert _pipeline(tmp_path, store, "stages=[preprocess]").returncode == 0
-    live = _pipeline(tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000",
-                     popen=True)
+    live = _pipeline(
+        tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000", popen=True
+    )
     try:
         deadline = time.monotonic() + 120
         while _running_count(db) == 0:
@@ -67,11 +87,13 @@ def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(make_cfg, t
             time.sleep(0.1)
         cfg = make_cfg("data=digits")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-        tracking.setup(cfg)
-        assert tracking.reap_orphans() == []  # alive: left alone
+        tracking_store.setup(cfg)
+        assert tracking_store.reap_orphans() == []  # alive: left alone
         (run,) = _training_runs(store)
         assert run.info.status == "RUNNING"
-        assert run.data.tags["host"] == socket.gethostname() and run.data.tags["pid"] == str(live.pid)
+        assert run.data.tags["host"] == socket.gethostname() and run.data.tags["pid"] == str(
+            live.pid
+        )
     finally:
         live.send_signal(signal.SIGKILL)
         live.wait()
@@ -85,18 +107,31 @@ def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(make_cfg, t
 
 def test_a_reused_pid_does_not_keep_a_dead_run_alive():
     # same pid, another start time: another process
-    assert tracking.process_alive(os.getpid(), paths.process_start(os.getpid()))
+    assert paths.process_alive(os.getpid(), paths.process_start(os.getpid()))
     if paths.process_start(os.getpid()):
-        assert not tracking.process_alive(os.getpid(), "1")
+        assert not paths.process_alive(os.getpid(), "1")
 
 
 def test_two_first_runs_at_once_on_a_fresh_store_both_finish(tmp_path):
-    assert _pipeline(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]").returncode == 0
+    assert (
+        _pipeline(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]").returncode
+        == 0
+    )
     for attempt in range(3):
         store = f"sqlite:///{tmp_path / f'fresh{attempt}.db'}"
-        processes = [_pipeline(tmp_path, store, "stages=[train]", "baseline=none",
-                               "train.epochs=1", "tracking.log_model=false", f"seed={seed}",
-                               popen=True) for seed in range(3)]
+        processes = [
+            _pipeline(
+                tmp_path,
+                store,
+                "stages=[train]",
+                "baseline=none",
+                "train.epochs=1",
+                "tracking.log_model=false",
+                f"seed={seed}",
+                popen=True,
+            )
+            for seed in range(3)
+        ]
         for process in processes:
             _, err = process.communicate(timeout=300)
             assert process.returncode == 0, f"attempt {attempt}: {err[-2000:]}"
@@ -105,8 +140,14 @@ def test_two_first_runs_at_once_on_a_fresh_store_both_finish(tmp_path):
 
 
 def test_resume_reuses_a_run_only_for_the_same_code_and_lock(make_cfg, tmp_path, monkeypatch):
-    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=1",
-                   "tracking.log_model=false", "tracking.skip_finished=true")
+    cfg = make_cfg(
+        "data=digits",
+        "stages=[preprocess,train]",
+        "baseline=none",
+        "train.epochs=1",
+        "tracking.log_model=false",
+        "tracking.skip_finished=true",
+    )
     first = run_stages(cfg)["train"]
     assert run_stages(cfg)["train"] == first  # same config, code, lock: reused
 
@@ -118,15 +159,15 @@ def test_resume_reuses_a_run_only_for_the_same_code_and_lock(make_cfg, tmp_path,
         target.write_bytes(source.read_bytes())
     changed = code / "pipeline" / "engine" / "sgd.py"
     changed.write_text(changed.read_text() + "\n# a change\n")
-    monkeypatch.setattr(tracking, "PROJECT_ROOT", code)
+    monkeypatch.setattr(identity, "PROJECT_ROOT", code)
     assert run_stages(cfg)["train"] != first  # trained again
 
     lock = tmp_path / "uv.lock"
     lock.write_text("another lock")
     monkeypatch.setattr(environment, "LOCK_FILE", lock)
-    keys = {tracking.resume_key(cfg)}
+    keys = {identity.resume_key(cfg)}
     lock.write_text("a third lock")
-    keys.add(tracking.resume_key(cfg))
+    keys.add(identity.resume_key(cfg))
     assert len(keys) == 2
 
 
@@ -136,8 +177,9 @@ def _full_filesystem(tmp_path) -> Path | None:
     mount.mkdir()
     if os.geteuid() != 0:
         return None
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
     if made.returncode:
         return None
     try:
@@ -153,14 +195,21 @@ def test_a_full_disk_mid_run_ends_the_run_failed_not_running(make_cfg, tmp_path,
     try:
         if mount is None:  # simulated: the model's file cannot be written
             import pipeline.engine.network as network
+
             def no_space(*args, **kwargs):
                 raise OSError(errno.ENOSPC, "No space left on device")
+
             monkeypatch.setattr(network.np, "savez", no_space)
             mlruns = tmp_path / "mlruns"
         else:
             mlruns = mount  # the artifacts go to the full tmpfs; the database is elsewhere
-        cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none",
-                       "train.epochs=2", f"paths.mlruns_dir={mlruns}")
+        cfg = make_cfg(
+            "data=digits",
+            "stages=[preprocess,train]",
+            "baseline=none",
+            "train.epochs=2",
+            f"paths.mlruns_dir={mlruns}",
+        )
         with pytest.raises(OSError) as error:
             run_stages(cfg)
         assert error.value.errno == errno.ENOSPC
@@ -175,10 +224,11 @@ def test_a_full_disk_mid_run_ends_the_run_failed_not_running(make_cfg, tmp_path,
 def test_a_crash_in_evaluate_cannot_turn_a_finished_run_failed(make_cfg, monkeypatch):
     cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=2")
     (run_id,) = run_stages(cfg)["train"]
-    from pipeline import plots
+    from pipeline.tracking import plots
 
     def crash(*args, **kwargs):
         raise RuntimeError("plotting crashed")
+
     monkeypatch.setattr(plots, "digit_grid", crash)
     with pytest.raises(RuntimeError, match="plotting crashed"):
         run_stages(make_cfg("data=digits", "stages=[evaluate]", f"evaluate.run_ids=[{run_id}]"))
@@ -188,8 +238,14 @@ def test_a_crash_in_evaluate_cannot_turn_a_finished_run_failed(make_cfg, monkeyp
 
 
 def test_a_collapse_to_chance_ends_failed_and_the_baseline_still_trains(make_cfg):
-    cfg = make_cfg("data=digits", "model=modern", "train.learning_rate=1000", "train.epochs=3",
-                   "stages=[preprocess,train,evaluate]", "baseline=none")
+    cfg = make_cfg(
+        "data=digits",
+        "model=modern",
+        "train.learning_rate=1000",
+        "train.epochs=3",
+        "stages=[preprocess,train,evaluate]",
+        "baseline=none",
+    )
     with pytest.raises(RunFailed, match="collapsed to chance"):
         run_stages(cfg)
     (run,) = _training_runs(os.environ["MLFLOW_TRACKING_URI"])
@@ -201,11 +257,14 @@ def test_a_baseline_divergence_fails_its_run_while_ours_is_still_evaluated(make_
 
     def diverge(self, *args, **kwargs):
         raise ValueError("Solver produced non-finite parameter weights.")
+
     monkeypatch.setattr(MLPClassifier, "partial_fit", diverge)
     cfg = make_cfg("data=digits", "train.epochs=3", "stages=[preprocess,train,evaluate]")
     with pytest.raises(RunFailed, match="1 run.*sklearn_mlp: MLPClassifier diverged"):
         run_stages(cfg)
-    runs = {r.data.tags["model_family"]: r for r in _training_runs(os.environ["MLFLOW_TRACKING_URI"])}
+    runs = {
+        r.data.tags["model_family"]: r for r in _training_runs(os.environ["MLFLOW_TRACKING_URI"])
+    }
     assert runs["sklearn_mlp"].info.status == "FAILED"
     assert runs["numpy_mlp"].info.status == "FINISHED"
     assert runs["numpy_mlp"].data.tags.get("evaluated") == "true"
@@ -213,28 +272,39 @@ def test_a_baseline_divergence_fails_its_run_while_ours_is_still_evaluated(make_
 
 def test_a_non_finite_metric_fails_the_run_instead_of_being_stored(make_cfg):
     cfg = make_cfg("data=digits")
-    with pytest.raises(DivergenceError, match="non-finite metric.*test_log_loss=inf"):
-        with tracking.run(cfg, run_name="probe") as active:
-            tracking.log_metrics({"test_accuracy": 0.5, "test_log_loss": float("inf")})
+    with (
+        pytest.raises(DivergenceError, match="non-finite metric.*test_log_loss=inf"),
+        tracking_runs.run(cfg, run_name="probe") as active,
+    ):
+        tracking_runs.log_metrics({"test_accuracy": 0.5, "test_log_loss": float("inf")})
     run = MlflowClient().get_run(active.info.run_id)
     assert run.info.status == "FAILED" and "test_log_loss" not in run.data.metrics
 
 
 def test_the_app_exits_1_naming_failed_runs(tmp_path):
-    result = _pipeline(tmp_path, f"sqlite:///{tmp_path / 's.db'}", "model=modern",
-                       "train.learning_rate=1e20", "train.epochs=2", "baseline=none",
-                       "stages=[preprocess,train]")
+    result = _pipeline(
+        tmp_path,
+        f"sqlite:///{tmp_path / 's.db'}",
+        "model=modern",
+        "train.learning_rate=1e20",
+        "train.epochs=2",
+        "baseline=none",
+        "stages=[preprocess,train]",
+    )
     assert result.returncode == 1
     assert "every run failed: numpy_mlp: training diverged" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("seed=-1", "seed=-1: must be a number in [0, 4294967296)"),
-    ("stages=[]", "stages=[]: must be a non-empty list"),
-    ("train.learning_rate=inf", "train.learning_rate=inf: must be a finite number"),
-    ("analyze.run_id=zzz", "analyze.run_id='zzz': must be a run id"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("seed=-1", "seed=-1: must be a number in [0, 4294967296)"),
+        ("stages=[]", "stages=[]: must be a non-empty list"),
+        ("train.learning_rate=inf", "train.learning_rate=inf: must be a finite number"),
+        ("analyze.run_id=zzz", "analyze.run_id='zzz': must be a run id"),
+    ],
+)
 def test_user_mistakes_exit_2_with_one_clear_line_before_any_work(tmp_path, override, message):
     result = _pipeline(tmp_path, f"sqlite:///{tmp_path / 's.db'}", override)
     output = result.stdout + result.stderr
@@ -244,10 +314,17 @@ def test_user_mistakes_exit_2_with_one_clear_line_before_any_work(tmp_path, over
 
 
 def test_resume_finds_the_run_in_the_configured_store_whatever_mlflow_pointed_at_before(
-        make_cfg, tmp_path, monkeypatch):
+    make_cfg, tmp_path, monkeypatch
+):
     """A fresh process has MLflow pointed at its default store: resume must look in ours."""
-    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=1",
-                   "tracking.log_model=false", "tracking.skip_finished=true")
+    cfg = make_cfg(
+        "data=digits",
+        "stages=[preprocess,train]",
+        "baseline=none",
+        "train.epochs=1",
+        "tracking.log_model=false",
+        "tracking.skip_finished=true",
+    )
     first = run_stages(cfg)["train"]
     ours = os.environ["MLFLOW_TRACKING_URI"]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # MLflow's global...

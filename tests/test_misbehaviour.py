@@ -23,14 +23,17 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from helpers import free_port
 from mlflow.tracking import MlflowClient
+from test_ui import _env as ui_env
+from test_ui import _serving
 
-from pipeline import download, registry, sweep, tracking
 from pipeline.app import run_stages
+from pipeline.data import download
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
-from helpers import free_port
-from test_ui import _env as ui_env, _serving
+from pipeline.tracking import parents, registry
+from pipeline.tracking import store as tracking_store
 
 WAIT = 300  # seconds: generous, for a loaded CI machine; every wait ends early when it can
 
@@ -38,18 +41,32 @@ WAIT = 300  # seconds: generous, for a loaded CI machine; every wait ends early 
 def _app(tmp_path, store: str | None, *overrides, popen=False, env=None, data="data=digits"):
     """`python -m pipeline` on the digits, its data under tmp_path; a session of its own
     when popen (so that a signal can go to its whole process group)."""
-    command = [sys.executable, "-m", "pipeline", *([data] if data else []),
-               f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'hydra'}",
-               *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        *([data] if data else []),
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        *overrides,
+    ]
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     env.pop("MLFLOW_TRACKING_URI", None)
     if store:
         env["MLFLOW_TRACKING_URI"] = store
     if popen:
-        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=WAIT)
+        return subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=WAIT
+    )
 
 
 def _runs(db: Path) -> list[tuple[str, str, dict]]:
@@ -58,8 +75,10 @@ def _runs(db: Path) -> list[tuple[str, str, dict]]:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
             rows = connection.execute("SELECT run_uuid, name, status FROM runs").fetchall()
             tags = connection.execute("SELECT run_uuid, key, value FROM tags").fetchall()
-            steps = connection.execute("SELECT run_uuid, COUNT(*) FROM metrics "
-                                       "WHERE key = 'val_accuracy' GROUP BY run_uuid").fetchall()
+            steps = connection.execute(
+                "SELECT run_uuid, COUNT(*) FROM metrics "
+                "WHERE key = 'val_accuracy' GROUP BY run_uuid"
+            ).fetchall()
     except sqlite3.Error:
         return []
     by_run: dict[str, dict] = {}
@@ -74,8 +93,10 @@ def _wait_for(what: str, check, process: subprocess.Popen | None = None, seconds
     deadline = time.monotonic() + seconds
     while not (found := check()):
         if process is not None and process.poll() is not None:
-            pytest.fail(f"the process ended ({process.returncode}) before {what}:\n"
-                        f"{process.stdout.read()[-3000:]}")
+            pytest.fail(
+                f"the process ended ({process.returncode}) before {what}:\n"
+                f"{process.stdout.read()[-3000:]}"
+            )
         assert time.monotonic() < deadline, f"no {what} within {seconds} s"
         time.sleep(0.2)
     return found
@@ -105,16 +126,29 @@ def _stopped(process: subprocess.Popen, seconds: int = WAIT) -> str:
 
 # ---- signals end runs honestly ------------------------------------------------------------
 
+
 def test_ctrl_c_during_the_baseline_ends_its_run_killed_not_finished(tmp_path):
     db = tmp_path / "s.db"
     # A wide net on the 8×8 digits: scikit-learn's epochs take ~1 s, so the signal lands
     # inside partial_fit, where MLPClassifier used to swallow it and return as if done.
-    app = _app(tmp_path, f"sqlite:///{db}", "stages=[preprocess,train]", "train.epochs=40",
-               "train.learning_rate=0.1", "model.hidden_sizes=[1000,1000]",
-               "tracking.log_model=false", popen=True)
-    _wait_for("a scikit-learn epoch", lambda: any(
-        tags.get("model_family") == "sklearn_mlp" and tags.get("(epochs logged)", 0) >= 1
-        for _, _, tags in _runs(db)), app)
+    app = _app(
+        tmp_path,
+        f"sqlite:///{db}",
+        "stages=[preprocess,train]",
+        "train.epochs=40",
+        "train.learning_rate=0.1",
+        "model.hidden_sizes=[1000,1000]",
+        "tracking.log_model=false",
+        popen=True,
+    )
+    _wait_for(
+        "a scikit-learn epoch",
+        lambda: any(
+            tags.get("model_family") == "sklearn_mlp" and tags.get("(epochs logged)", 0) >= 1
+            for _, _, tags in _runs(db)
+        ),
+        app,
+    )
     os.killpg(app.pid, signal.SIGINT)
     output = _stopped(app)
     assert app.returncode == 130, output[-3000:]
@@ -125,8 +159,9 @@ def test_ctrl_c_during_the_baseline_ends_its_run_killed_not_finished(tmp_path):
     assert runs["sklearn_mlp"][1]["failure_reason"] == "interrupted by SIGINT (Ctrl-C)"
 
 
-def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_killed(make_cfg,
-                                                                                   monkeypatch):
+def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_killed(
+    make_cfg, monkeypatch
+):
     """Ctrl-C in a process without the app's handler (a notebook): MLPClassifier catches
     the KeyboardInterrupt mid-epoch; the run must not end FINISHED half-trained."""
     from sklearn.neural_network import MLPClassifier
@@ -140,12 +175,17 @@ def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_kill
         return real_backprop(self, *args, **kwargs)
 
     monkeypatch.setattr(MLPClassifier, "_backprop", interrupted_on_the_fifth_batch)
-    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "train.epochs=2",
-                   "tracking.log_model=false")
+    cfg = make_cfg(
+        "data=digits", "stages=[preprocess,train]", "train.epochs=2", "tracking.log_model=false"
+    )
     with pytest.raises(KeyboardInterrupt):
         run_stages(cfg)
-    runs = {r.data.tags["model_family"]: r for r in MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("mnist").experiment_id])}
+    runs = {
+        r.data.tags["model_family"]: r
+        for r in MlflowClient().search_runs(
+            [MlflowClient().get_experiment_by_name("mnist").experiment_id]
+        )
+    }
     assert runs["sklearn_mlp"].info.status == "KILLED"
     assert runs["sklearn_mlp"].data.tags["failure_reason"] == "interrupted by SIGINT (Ctrl-C)"
     assert "val_accuracy" not in runs["sklearn_mlp"].data.metrics  # no epoch passed as whole
@@ -153,26 +193,48 @@ def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_kill
 
 def test_sigterm_during_training_ends_the_run_killed_and_exits_143(tmp_path):
     db = tmp_path / "s.db"
-    app = _app(tmp_path, f"sqlite:///{db}", "stages=[preprocess,train]", "baseline=none",
-               "train.epochs=100000", popen=True)
-    _wait_for("a training epoch", lambda: any(t.get("(epochs logged)", 0) for _, _, t in _runs(db)), app)
+    app = _app(
+        tmp_path,
+        f"sqlite:///{db}",
+        "stages=[preprocess,train]",
+        "baseline=none",
+        "train.epochs=100000",
+        popen=True,
+    )
+    _wait_for(
+        "a training epoch", lambda: any(t.get("(epochs logged)", 0) for _, _, t in _runs(db)), app
+    )
     app.send_signal(signal.SIGTERM)  # `kill <pid>`, as timeout(1) or a container stop does
     output = _stopped(app)
     assert app.returncode == 143, output[-3000:]
     assert "Traceback" not in output
-    (name, status, tags), = _runs(db)
+    ((name, status, tags),) = _runs(db)
     assert status == "KILLED" and tags["failure_reason"].startswith("interrupted by SIGTERM")
 
 
 def _sweep(tmp_path, db: Path, launcher: str = "joblib"):
-    return _app(tmp_path, f"sqlite:///{db}", "sweep=smoke", "train.epochs=100000",
-                f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                data=None, popen=True, env={"RAY_ADDRESS": None})
+    return _app(
+        tmp_path,
+        f"sqlite:///{db}",
+        "sweep=smoke",
+        "train.epochs=100000",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        data=None,
+        popen=True,
+        env={"RAY_ADDRESS": None},
+    )
 
 
 def _two_children_training(db: Path):
-    return lambda: sum(1 for _, s, t in _runs(db) if t.get("kind") == "training" and
-                       s == "RUNNING" and t.get("(epochs logged)", 0)) == 2
+    return lambda: (
+        sum(
+            1
+            for _, s, t in _runs(db)
+            if t.get("kind") == "training" and s == "RUNNING" and t.get("(epochs logged)", 0)
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -184,8 +246,10 @@ def test_ctrl_c_to_a_sweep_ends_the_parent_and_every_child_killed(tmp_path):
     output = _stopped(launcher)
     assert launcher.returncode == 130, output[-3000:]
     statuses = {(t.get("kind"), s, t.get("failure_reason")) for _, s, t in _runs(db)}
-    assert statuses == {("sweep", "KILLED", "interrupted by SIGINT (Ctrl-C)"),
-                        ("training", "KILLED", "interrupted by SIGINT (Ctrl-C)")}, statuses
+    assert statuses == {
+        ("sweep", "KILLED", "interrupted by SIGINT (Ctrl-C)"),
+        ("training", "KILLED", "interrupted by SIGINT (Ctrl-C)"),
+    }, statuses
 
 
 @pytest.mark.slow
@@ -210,22 +274,39 @@ def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_
 
 # ---- the store survives -------------------------------------------------------------------
 
+
 def test_ctrl_c_while_the_first_run_makes_the_store_leaves_a_store_that_works(tmp_path):
     _app(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]")
     mlruns = tmp_path / "mlruns"
     # Making the store takes a second or two: its first tables, then ~60 migrations. Before,
     # a Ctrl-C 0.5 s or later into it left a store every later run failed on.
     for delay in (0.5, 1.0, 1.5):
-        app = _app(tmp_path, None, "stages=[train]", "baseline=none", "train.epochs=1",
-                   f"paths.mlruns_dir={mlruns}", popen=True)
+        app = _app(
+            tmp_path,
+            None,
+            "stages=[train]",
+            "baseline=none",
+            "train.epochs=1",
+            f"paths.mlruns_dir={mlruns}",
+            popen=True,
+        )
         # its first tables are written (in the store itself, or in the temp file it is made in)
         _wait_for("the store's first tables", lambda: _being_written(mlruns), app)
         time.sleep(delay)  # into the migrations (not a wait for readiness)
         os.killpg(app.pid, signal.SIGINT)
         _stopped(app)
-        after = _app(tmp_path, None, "stages=[train]", "baseline=none", "train.epochs=1",
-                     "tracking.log_model=false", f"paths.mlruns_dir={mlruns}")
-        assert after.returncode == 0, f"Ctrl-C after {delay} s: {(after.stdout + after.stderr)[-3000:]}"
+        after = _app(
+            tmp_path,
+            None,
+            "stages=[train]",
+            "baseline=none",
+            "train.epochs=1",
+            "tracking.log_model=false",
+            f"paths.mlruns_dir={mlruns}",
+        )
+        assert after.returncode == 0, (
+            f"Ctrl-C after {delay} s: {(after.stdout + after.stderr)[-3000:]}"
+        )
         assert not list(mlruns.glob(".*.part"))
         for stale in mlruns.glob("mlflow.db*"):  # the next attempt makes a new store
             stale.unlink()
@@ -251,17 +332,27 @@ def _half_made_store(db: Path) -> None:
     engine = sqlalchemy.create_engine(f"sqlite:///{db}")
     InitialBase.metadata.create_all(engine)
     with engine.begin() as connection:
-        connection.execute(sqlalchemy.text("ALTER TABLE metrics ADD COLUMN step BIGINT DEFAULT '0' NOT NULL"))
+        connection.execute(
+            sqlalchemy.text("ALTER TABLE metrics ADD COLUMN step BIGINT DEFAULT '0' NOT NULL")
+        )
     engine.dispose()
 
 
-def test_a_half_made_store_without_runs_is_set_aside_and_made_again(make_cfg, tmp_path, monkeypatch):
+def test_a_half_made_store_without_runs_is_set_aside_and_made_again(
+    make_cfg, tmp_path, monkeypatch
+):
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir()
     _half_made_store(db)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    cfg = make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=1",
-                   "tracking.log_model=false", f"paths.mlruns_dir={db.parent}")
+    cfg = make_cfg(
+        "data=digits",
+        "stages=[preprocess,train]",
+        "baseline=none",
+        "train.epochs=1",
+        "tracking.log_model=false",
+        f"paths.mlruns_dir={db.parent}",
+    )
     (run_id,) = run_stages(cfg)["train"]
     assert MlflowClient(f"sqlite:///{db}").get_run(run_id).info.status == "FINISHED"
     assert len(list(db.parent.glob("mlflow.db.half-made-*"))) == 1  # kept, not deleted
@@ -272,10 +363,14 @@ def test_a_store_with_runs_at_another_schema_is_named_with_the_fix(make_cfg, tmp
     db.parent.mkdir()
     _half_made_store(db)
     with sqlite3.connect(db) as connection:
-        connection.execute("INSERT INTO experiments (experiment_id, name, lifecycle_stage) "
-                           "VALUES (1, 'x', 'active')")
-        connection.execute("INSERT INTO runs (run_uuid, experiment_id, status, lifecycle_stage) "
-                           "VALUES ('r', 1, 'FINISHED', 'active')")
+        connection.execute(
+            "INSERT INTO experiments (experiment_id, name, lifecycle_stage) "
+            "VALUES (1, 'x', 'active')"
+        )
+        connection.execute(
+            "INSERT INTO runs (run_uuid, experiment_id, status, lifecycle_stage) "
+            "VALUES ('r', 1, 'FINISHED', 'active')"
+        )
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     cfg = make_cfg("data=digits", "stages=[compare]", f"paths.mlruns_dir={db.parent}")
     with pytest.raises(PipelineError, match=f"mlflow db upgrade sqlite:///{db}"):
@@ -288,31 +383,47 @@ def _orphan(store: str, experiment: str) -> str:
     gone.wait()
     client = MlflowClient(store)
     experiment_id = client.create_experiment(experiment)
-    run = client.create_run(experiment_id, tags={"host": socket.gethostname(), "pid": str(gone.pid)})
+    run = client.create_run(
+        experiment_id, tags={"host": socket.gethostname(), "pid": str(gone.pid)}
+    )
     return run.info.run_id
 
 
 def test_the_reaper_closes_orphans_in_every_experiment_of_the_store(make_cfg, tmp_path):
     store = os.environ["MLFLOW_TRACKING_URI"]
-    tracking.initialise_sqlite(store)
+    tracking_store.initialise_sqlite(store)
     orphan = _orphan(store, "another-experiment")
-    run_stages(make_cfg("data=digits", "stages=[preprocess,train]", "baseline=none",
-                        "train.epochs=1", "tracking.log_model=false"))
+    run_stages(
+        make_cfg(
+            "data=digits",
+            "stages=[preprocess,train]",
+            "baseline=none",
+            "train.epochs=1",
+            "tracking.log_model=false",
+        )
+    )
     run = MlflowClient(store).get_run(orphan)
-    assert run.info.status == "KILLED" and "ended without closing the run" in run.data.tags["failure_reason"]
+    assert (
+        run.info.status == "KILLED"
+        and "ended without closing the run" in run.data.tags["failure_reason"]
+    )
 
 
 @pytest.mark.slow
 def test_make_ui_closes_the_runs_left_running_by_ended_processes(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
-    tracking.initialise_sqlite(f"sqlite:///{db}")
+    tracking_store.initialise_sqlite(f"sqlite:///{db}")
     orphan = _orphan(f"sqlite:///{db}", "killed-elsewhere")
     with _serving([], tmp_path, ui_env()):
-        _wait_for("the orphan to be closed", lambda: MlflowClient(f"sqlite:///{db}").get_run(
-            orphan).info.status == "KILLED", seconds=120)
+        _wait_for(
+            "the orphan to be closed",
+            lambda: MlflowClient(f"sqlite:///{db}").get_run(orphan).info.status == "KILLED",
+            seconds=120,
+        )
 
 
 # ---- models serve only what they were trained for ------------------------------------------
+
 
 @pytest.fixture
 def digits_run(make_cfg):
@@ -322,12 +433,18 @@ def digits_run(make_cfg):
 
 
 def test_a_digits_run_is_refused_as_the_mnist_model_and_registered_as_the_digits_one(
-        digits_run, make_cfg):
+    digits_run, make_cfg
+):
     _, run_id = digits_run
     # make register RUN_ID=<a digits run>, with the default data (mnist) in the config
     with pytest.raises(PipelineError, match="trained on digits, and mnist-classifier serves mnist"):
-        run_stages(make_cfg("stages=[register]", f"register.run_id={run_id}",
-                            "register.model_name=mnist-classifier"))
+        run_stages(
+            make_cfg(
+                "stages=[register]",
+                f"register.run_id={run_id}",
+                "register.model_name=mnist-classifier",
+            )
+        )
     version = run_stages(make_cfg("stages=[register]", f"register.run_id={run_id}"))["register"]
     client = MlflowClient()
     assert client.get_model_version_by_alias("digits-classifier", "champion").version == version
@@ -346,18 +463,22 @@ def test_the_champion_gate_compares_only_on_the_same_validation_split(make_cfg):
     registry.register(tiny_split_run)  # val on 10 images: say 1.0
     cfg, better = trained("train.epochs=6")  # the usual 300-image split
     parent = client.create_run(client.get_run(better).info.experiment_id).info.run_id
-    table = sweep.results_table(mlflow.search_runs(filter_string=f"attributes.run_id = '{better}'"))
-    assert sweep.register_best(cfg, parent, table) is None
+    table = parents.results_table(
+        mlflow.search_runs(filter_string=f"attributes.run_id = '{better}'")
+    )
+    assert parents.register_best(cfg, parent, table) is None
     gate = client.get_run(parent).data.tags["champion_gate"]
     assert gate.startswith("not compared") and "10 images" in gate and "300 images" in gate
     assert f"make register RUN_ID={better}" in gate
 
     _, worse = trained("train.epochs=1")  # a champion on the same split as `better`
     registry.register(worse)
-    assert sweep.register_best(cfg, parent, table) is not None
+    assert parents.register_best(cfg, parent, table) is not None
     gate = client.get_run(parent).data.tags["champion_gate"]
     assert gate.startswith("registered") and "300 images" in gate
-    assert client.get_model_version_by_alias("digits-classifier", "champion").tags["run_id"] == better
+    assert (
+        client.get_model_version_by_alias("digits-classifier", "champion").tags["run_id"] == better
+    )
 
 
 BAD_INPUTS = {  # what a request may hold, and (a regex of) what the refusal says
@@ -372,11 +493,13 @@ BAD_INPUTS = {  # what a request may hold, and (a regex of) what the refusal say
 @pytest.mark.parametrize("family", ["numpy_mlp", "sklearn_mlp"])
 def test_a_logged_model_refuses_input_it_was_not_trained_for(make_cfg, family):
     cfg = make_cfg("data=digits", "stages=[preprocess,train]", "train.epochs=1")
-    runs = {MlflowClient().get_run(r).data.tags["model_family"]: r for r in run_stages(cfg)["train"]}
+    runs = {
+        MlflowClient().get_run(r).data.tags["model_family"]: r for r in run_stages(cfg)["train"]
+    }
     model = mlflow.pyfunc.load_model(f"runs:/{runs[family]}/model")
     good = np.full((2, 64), 0.5, dtype=np.float32)
     assert len(model.predict(good)) == 2
-    for name, (spoil, message) in BAD_INPUTS.items():
+    for spoil, message in BAD_INPUTS.values():
         with pytest.raises(mlflow.exceptions.MlflowException, match=message):
             model.predict(spoil(good).astype(np.float32))
 
@@ -401,18 +524,30 @@ def test_every_bad_override_is_one_line_exit_2_and_writes_nothing(tmp_path):
     for override in BAD_OVERRIDES:  # all at once: each pays the app's start-up alone
         folder = tmp_path / str(len(started))
         folder.mkdir()
-        started[override] = (folder, _app(folder, None, override, f"paths.mlruns_dir={folder / 'mlruns'}"
-                                          if "mlruns_dir" not in override else "stages=[train]",
-                                          popen=True))
+        started[override] = (
+            folder,
+            _app(
+                folder,
+                None,
+                override,
+                f"paths.mlruns_dir={folder / 'mlruns'}"
+                if "mlruns_dir" not in override
+                else "stages=[train]",
+                popen=True,
+            ),
+        )
     for override, (folder, app) in started.items():
         output = _stopped(app)
         assert app.returncode == 2, f"{override}: {output[-2000:]}"
         assert BAD_OVERRIDES[override] in output, f"{override}: {output[-2000:]}"
         assert "Traceback" not in output, f"{override}: {output[-2000:]}"
-        assert not (folder / "data").exists() and not (folder / "mlruns" / "mlflow.db").exists(), override
+        assert not (folder / "data").exists() and not (folder / "mlruns" / "mlflow.db").exists(), (
+            override
+        )
 
 
 # ---- bounded waits ----------------------------------------------------------------------------
+
 
 class _Drip(http.server.BaseHTTPRequestHandler):
     """A mirror that answers, then sends a byte every second: no single read times out."""
@@ -451,11 +586,18 @@ def test_a_dripping_mirror_is_abandoned_at_its_deadline_for_the_next(tiny_mnist,
 
 def test_registering_with_the_tracking_server_down_is_one_line_within_seconds(tmp_path):
     start = time.monotonic()
-    result = _app(tmp_path, f"http://127.0.0.1:{free_port()}", "stages=[register]",
-                  f"register.run_id={'0' * 32}", data=None)
+    result = _app(
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}",
+        "stages=[register]",
+        f"register.run_id={'0' * 32}",
+        data=None,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
-    assert "cannot reach the tracking server http://127.0.0.1:" in output and "Traceback" not in output
+    assert (
+        "cannot reach the tracking server http://127.0.0.1:" in output and "Traceback" not in output
+    )
     assert time.monotonic() - start < 90  # MLflow's own retries took ~4 minutes
 
 
@@ -473,16 +615,25 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
     with _serving([], server_dir, ui_env(), port=port) as (server, _):
         done = _app(tmp_path, store, "stages=[train,evaluate]", "train.epochs=2")
         assert done.returncode == 0, done.stderr[-3000:]
-        shown = done.stdout + done.stderr + "".join(
-            p.read_text() for p in (tmp_path / "hydra").rglob("*.log"))
+        shown = (
+            done.stdout
+            + done.stderr
+            + "".join(p.read_text() for p in (tmp_path / "hydra").rglob("*.log"))
+        )
         assert secret not in shown and "alice:***@127.0.0.1" in shown
 
-        app = _app(tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000",
-                   popen=True)
+        app = _app(
+            tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000", popen=True
+        )
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        _wait_for("a run training", lambda: client.search_runs(
-            [client.get_experiment_by_name("mnist").experiment_id],
-            "attributes.status = 'RUNNING'"), app)
+        _wait_for(
+            "a run training",
+            lambda: client.search_runs(
+                [client.get_experiment_by_name("mnist").experiment_id],
+                "attributes.status = 'RUNNING'",
+            ),
+            app,
+        )
         os.killpg(server.pid, signal.SIGKILL)  # the server dies, its workers with it
     lost = time.monotonic()
     output = _stopped(app)
@@ -491,14 +642,28 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
     assert secret not in output and "Traceback" not in output
 
     with _serving([], server_dir, ui_env(), port=port):  # back: the next run closes the orphan
-        assert _app(tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=1",
-                    "tracking.log_model=false").returncode == 0
-        statuses = [r.info.status for r in client.search_runs(
-            [client.get_experiment_by_name("mnist").experiment_id], "tags.kind = 'training'")]
+        assert (
+            _app(
+                tmp_path,
+                store,
+                "stages=[train]",
+                "baseline=none",
+                "train.epochs=1",
+                "tracking.log_model=false",
+            ).returncode
+            == 0
+        )
+        statuses = [
+            r.info.status
+            for r in client.search_runs(
+                [client.get_experiment_by_name("mnist").experiment_id], "tags.kind = 'training'"
+            )
+        ]
         assert "RUNNING" not in statuses and "KILLED" in statuses
 
 
 # ---- a folder the user cannot write ----------------------------------------------------------
+
 
 def _read_only_folder(tmp_path) -> Path:
     """A read-only file system (as root: a read-only tmpfs); else a folder without write
@@ -506,8 +671,9 @@ def _read_only_folder(tmp_path) -> Path:
     folder = tmp_path / "ro"
     folder.mkdir()
     if os.geteuid() == 0:
-        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                              capture_output=True)
+        made = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+        )
         if made.returncode == 0:
             return folder
         pytest.skip(f"cannot mount a read-only tmpfs here: {made.stderr.decode()[:200]}")
@@ -519,9 +685,20 @@ def test_a_read_only_data_folder_is_one_line_naming_it(tmp_path):
     folder = _read_only_folder(tmp_path)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline", f"paths.data_dir={folder}", "stages=[download]",
-             f"data.mirrors=[{tmp_path}]"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-            timeout=WAIT, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 's.db'}"})
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                f"paths.data_dir={folder}",
+                "stages=[download]",
+                f"data.mirrors=[{tmp_path}]",
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 's.db'}"},
+        )
         output = result.stdout + result.stderr
         assert result.returncode == 2, output[-2000:]
         assert f"cannot write train-images-idx3-ubyte.gz in {folder}/raw/mnist" in output

@@ -12,11 +12,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from helpers import ask_served_model, free_port
 from mlflow.tracking import MlflowClient
 
-from pipeline import preprocess
 from pipeline.app import run_stages
-from helpers import ask_served_model, free_port
+from pipeline.data import dataset
 
 UV = Path(sys.executable).parent / "uv"
 
@@ -38,11 +38,16 @@ def test_logged_model_loads_scores_and_serves_in_a_clean_virtualenv(make_cfg, tm
 
     outside = tmp_path / "outside"  # far from the repo: nothing of it on sys.path
     outside.mkdir()
-    model = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(outside)))
-    shipped = sorted(p.relative_to(model / "code").as_posix() for p in (model / "code").rglob("*.py"))
-    assert shipped and all(p.startswith("pipeline/engine/") or p == "pipeline/__init__.py"
-                           for p in shipped), shipped
-    data = preprocess.load(cfg)
+    model = Path(
+        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(outside))
+    )
+    shipped = sorted(
+        p.relative_to(model / "code").as_posix() for p in (model / "code").rglob("*.py")
+    )
+    assert shipped and all(
+        p.startswith("pipeline/engine/") or p == "pipeline/__init__.py" for p in shipped
+    ), shipped
+    data = dataset.load(cfg)
     np.save(outside / "x_test.npy", data.x("test"))
     np.save(outside / "y_test.npy", data.y("test"))
     (outside / "score.py").write_text(SCORE)
@@ -50,26 +55,62 @@ def test_logged_model_loads_scores_and_serves_in_a_clean_virtualenv(make_cfg, tm
     venv = tmp_path / "venv"
     subprocess.run([str(UV), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(python),
-                    "-r", str(model / "requirements.txt")], check=True, timeout=900)
+    subprocess.run(
+        [
+            str(UV),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            "-r",
+            str(model / "requirements.txt"),
+        ],
+        check=True,
+        timeout=900,
+    )
     probe = subprocess.run([str(python), "-c", "import hydra"], capture_output=True, text=True)
     assert probe.returncode != 0, "the clean virtualenv has Hydra: it is not clean"
 
-    score = subprocess.run([str(python), "-I", "score.py", str(model)], cwd=outside,
-                           capture_output=True, text=True, timeout=300)
+    score = subprocess.run(
+        [str(python), "-I", "score.py", str(model)],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert score.returncode == 0, score.stderr[-3000:]
     assert float(score.stdout.strip().splitlines()[-1]) == logged
 
     port = free_port()
     server = subprocess.Popen(
-        [str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(model), "--env-manager",
-         "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=outside, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"})  # activated
+        [
+            str(venv / "bin" / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(model),
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=outside,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"},
+    )  # activated
     try:
-        digit = int(np.flatnonzero(np.asarray(
-            mlflow.pyfunc.load_model(str(model)).predict(data.x("test"))) == data.y("test"))[0])
-        answer = ask_served_model(port, data.x("test")[digit:digit + 1], server)
+        digit = int(
+            np.flatnonzero(
+                np.asarray(mlflow.pyfunc.load_model(str(model)).predict(data.x("test")))
+                == data.y("test")
+            )[0]
+        )
+        answer = ask_served_model(port, data.x("test")[digit : digit + 1], server)
         assert answer == {"predictions": [int(data.y("test")[digit])]}
     finally:
         server.terminate()

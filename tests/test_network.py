@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline import preprocess
+from pipeline.data import dataset
 from pipeline.engine import ACTIVATIONS, COSTS, INITS, DivergenceError, Network, SGDConfig, train
 
 
@@ -31,8 +31,10 @@ def _numeric_gradient(net, x, y, l2, n, h=1e-6):
     return grad
 
 
-@pytest.mark.parametrize("activation,cost,l2", [
-    (a, c, l2) for a, c in itertools.product(ACTIVATIONS, COSTS) for l2 in (0.0, 0.8)])
+@pytest.mark.parametrize(
+    "activation,cost,l2",
+    [(a, c, l2) for a, c in itertools.product(ACTIVATIONS, COSTS) for l2 in (0.0, 0.8)],
+)
 def test_backprop_matches_finite_differences(activation, cost, l2):
     rng = np.random.default_rng(42)
     net = Network([6, 5, 4, 3], activation, cost, "scaled", dtype="float64", rng=rng)
@@ -56,18 +58,29 @@ def test_init_scales(init):
 
 def _digits(make_cfg):
     cfg = make_cfg("data=digits")
-    preprocess.run(cfg)
-    return preprocess.load(cfg)
+    dataset.prepare(cfg)
+    return dataset.load(cfg)
 
 
 def _fit(data, seed=0, **kw):
     rng = np.random.default_rng(seed)
-    net = Network(kw.pop("sizes", [64, 32, 10]), kw.pop("activation", "sigmoid"),
-                  kw.pop("cost", "quadratic"), kw.pop("init", "normal"),
-                  kw.pop("dtype", "float32"), rng=rng)
+    net = Network(
+        kw.pop("sizes", [64, 32, 10]),
+        kw.pop("activation", "sigmoid"),
+        kw.pop("cost", "quadratic"),
+        kw.pop("init", "normal"),
+        kw.pop("dtype", "float32"),
+        rng=rng,
+    )
     config = SGDConfig(**{"epochs": 20, "batch_size": 10, "learning_rate": 1.0, **kw})
-    history = train(net, data.x("train"), data.y("train"), config, rng,
-                    validation=(data.x("val"), data.y("val")))
+    history = train(
+        net,
+        data.x("train"),
+        data.y("train"),
+        config,
+        rng,
+        validation=(data.x("val"), data.y("val")),
+    )
     return net, history
 
 
@@ -76,16 +89,33 @@ def test_classic_setup_learns_the_8x8_digits(make_cfg):
     net, history = _fit(data)
     assert np.mean(net.predict(data.x("test")) == data.y("test")) >= 0.90
     assert history[-1]["train_cost"] < history[0]["train_cost"] / 2
-    assert {"epoch", "learning_rate", "epoch_seconds", "train_cost", "train_accuracy",
-            "val_accuracy"} <= set(history[-1])
+    assert {
+        "epoch",
+        "learning_rate",
+        "epoch_seconds",
+        "train_cost",
+        "train_accuracy",
+        "val_accuracy",
+    } <= set(history[-1])
 
 
-@pytest.mark.parametrize("options", [
-    dict(activation="relu", cost="cross_entropy", init="he", learning_rate=0.1),
-    dict(activation="tanh", cost="cross_entropy", init="glorot", learning_rate=0.1, momentum=0.9),
-    dict(cost="quadratic", init="scaled", learning_rate=1.0, l2=1.0, schedule="cosine",
-         dtype="float64"),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(activation="relu", cost="cross_entropy", init="he", learning_rate=0.1),
+        dict(
+            activation="tanh", cost="cross_entropy", init="glorot", learning_rate=0.1, momentum=0.9
+        ),
+        dict(
+            cost="quadratic",
+            init="scaled",
+            learning_rate=1.0,
+            l2=1.0,
+            schedule="cosine",
+            dtype="float64",
+        ),
+    ],
+)
 def test_variants_learn_the_8x8_digits(make_cfg, options):
     data = _digits(make_cfg)
     net, _ = _fit(data, **options)
@@ -110,12 +140,14 @@ def _plain_sgd(net, x, y, eta, m, orders):
     sigmoid = lambda z: 1 / (1 + np.exp(-z))
     for order in orders:  # one permutation per epoch
         for k in range(0, len(y), m):
-            idx = order[k:k + m]
+            idx = order[k : k + m]
             activations, target = [x[idx]], np.eye(W[-1].shape[1])[y[idx]]
             for l in range(len(W)):
                 z = activations[-1] @ W[l] + b[l]
                 if l < len(W) - 1:
-                    activations.append(sigmoid(z) if net.activation == "sigmoid" else np.maximum(z, 0))
+                    activations.append(
+                        sigmoid(z) if net.activation == "sigmoid" else np.maximum(z, 0)
+                    )
                 elif net.cost == "quadratic":
                     activations.append(sigmoid(z))
                 else:
@@ -127,14 +159,17 @@ def _plain_sgd(net, x, y, eta, m, orders):
                 nabla_w, nabla_b = activations[l].T @ delta, delta.sum(axis=0)
                 if l:
                     a = activations[l]
-                    delta = (delta @ W[l].T) * (a * (1 - a) if net.activation == "sigmoid" else a > 0)
+                    delta = (delta @ W[l].T) * (
+                        a * (1 - a) if net.activation == "sigmoid" else a > 0
+                    )
                 W[l] -= eta / len(idx) * nabla_w
                 b[l] -= eta / len(idx) * nabla_b
     return W, b
 
 
-@pytest.mark.parametrize("activation,cost,init", [("sigmoid", "quadratic", "normal"),
-                                                  ("relu", "cross_entropy", "he")])
+@pytest.mark.parametrize(
+    "activation,cost,init", [("sigmoid", "quadratic", "normal"), ("relu", "cross_entropy", "he")]
+)
 def test_the_engines_sgd_is_the_plain_textbook_loop(activation, cost, init):
     """train() gathers chunks of rows, keeps [a, 1] buffers, writes in place: none of it may
     change the arithmetic. 600 rows in batches of 7 span full chunks, a partial chunk and a
@@ -145,19 +180,29 @@ def test_the_engines_sgd_is_the_plain_textbook_loop(activation, cost, init):
     draws = np.random.default_rng(1)
     orders = [draws.permutation(600) for _ in range(2)]  # the only draws train() makes here
     W, b = _plain_sgd(net, x, y, 0.5, 7, orders)
-    train(net, x, y, SGDConfig(epochs=2, batch_size=7, learning_rate=0.5),
-          np.random.default_rng(1), evaluate=False)
+    train(
+        net,
+        x,
+        y,
+        SGDConfig(epochs=2, batch_size=7, learning_rate=0.5),
+        np.random.default_rng(1),
+        evaluate=False,
+    )
     for ours, plain in zip(net.weights + net.biases, W + b):
         np.testing.assert_allclose(ours, plain, rtol=1e-9, atol=1e-12)
-    assert not np.allclose(W[0], Network([30, 9, 8, 4], activation, cost, init, dtype="float64",
-                                         rng=np.random.default_rng(0)).weights[0])  # it learned
+    assert not np.allclose(
+        W[0],
+        Network(
+            [30, 9, 8, 4], activation, cost, init, dtype="float64", rng=np.random.default_rng(0)
+        ).weights[0],
+    )  # it learned
 
 
 def test_l2_shrinks_the_weights(make_cfg):
     data = _digits(make_cfg)
     plain, _ = _fit(data, epochs=5)
     decayed, _ = _fit(data, epochs=5, l2=50.0)
-    norm = lambda net: sum(float((w ** 2).sum()) for w in net.weights)
+    norm = lambda net: sum(float((w**2).sum()) for w in net.weights)
     assert norm(decayed) < 0.5 * norm(plain)
 
 
@@ -182,7 +227,9 @@ def test_save_load_gives_identical_predictions(make_cfg, tmp_path):
     net.save(tmp_path / "net.npz")
     loaded = Network.load(tmp_path / "net.npz")
     assert (loaded.sizes, loaded.activation, loaded.cost) == ([64, 32, 10], "tanh", "cross_entropy")
-    np.testing.assert_array_equal(loaded.feedforward(data.x("test")), net.feedforward(data.x("test")))
+    np.testing.assert_array_equal(
+        loaded.feedforward(data.x("test")), net.feedforward(data.x("test"))
+    )
     with np.load(tmp_path / "net.npz", allow_pickle=False) as f:  # no pickled objects inside
         assert sorted(f.files) == ["activation", "cost", "init", "params", "sizes"]
 
@@ -199,9 +246,11 @@ def test_the_engine_stands_alone_on_numpy_and_scipy():
     import sys
 
     from pipeline.paths import PROJECT_ROOT
-    code = ("import sys, pipeline.engine; print(sorted({m.split('.')[0] for m in sys.modules}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
-                         text=True, check=True).stdout
+
+    code = "import sys, pipeline.engine; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout
     loaded = set(eval(out))
     assert {"numpy", "scipy", "pipeline"} <= loaded
     # (threadpoolctl, if installed, holds training to one BLAS thread; it is optional)
@@ -212,17 +261,25 @@ def test_the_engine_stands_alone_on_numpy_and_scipy():
 
 
 def test_one_factory_builds_the_network_from_plain_config_data():
-    spec = {"name": "classic", "hidden_sizes": [16, 16], "activation": "sigmoid",
-            "cost": "quadratic", "init": "normal"}
+    spec = {
+        "name": "classic",
+        "hidden_sizes": [16, 16],
+        "activation": "sigmoid",
+        "cost": "quadratic",
+        "init": "normal",
+    }
     net = Network.from_spec(spec, 784, rng=np.random.default_rng(0))
     assert net.sizes == [784, 16, 16, 10] and net.n_params == 13002
-    same = Network([784, 16, 16, 10], "sigmoid", "quadratic", "normal", rng=np.random.default_rng(0))
+    same = Network(
+        [784, 16, 16, 10], "sigmoid", "quadratic", "normal", rng=np.random.default_rng(0)
+    )
     np.testing.assert_array_equal(net.params, same.params)
     assert net.spec == {k: v for k, v in spec.items() if k != "name"}
 
 
 def test_class_probabilities_are_rows_summing_to_one_even_when_outputs_underflow():
     from pipeline.engine.costs import Quadratic
+
     a = np.array([[0.2, 0.6, 0.2], [0.0, 0.0, 0.0]], dtype=np.float32)
     p = Quadratic.probabilities(a)
     np.testing.assert_allclose(p, [[0.2, 0.6, 0.2], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)

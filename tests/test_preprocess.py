@@ -7,78 +7,88 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import preprocess
 from pipeline.app import run_stages
+from pipeline.data import dataset
+from pipeline.data.idx import read_idx
 from pipeline.errors import PipelineError
-from pipeline.idx import read_idx
 from pipeline.paths import PROJECT_ROOT
 
 
 def test_tiny_mnist_is_scaled_flattened_and_split_stratified(tiny_mnist, make_cfg):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
-                   "stages=[download,preprocess]")
+    cfg = make_cfg(
+        f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
+    )
     run_stages(cfg)
-    data = preprocess.load(cfg)
+    data = dataset.load(cfg)
     assert data.x("train").shape == (250, 784) and data.x("val").shape == (50, 784)
     assert data.x("test").shape == (100, 784)
-    for split in preprocess.SPLITS:
+    for split in dataset.SPLITS:
         x = data.x(split)
-        assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+        assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0
     assert np.bincount(data.y("val"), minlength=10).tolist() == [5] * 10
     # The official test set is untouched: same order, pixels / 255.
     raw = read_idx(tiny_mnist / "t10k-images-idx3-ubyte.gz")
     np.testing.assert_array_equal(data.x("test"), raw.reshape(100, 784) / np.float32(255))
     # Train + val together are exactly the official training images.
-    train_raw = read_idx(tiny_mnist / "train-images-idx3-ubyte.gz").reshape(300, 784) / np.float32(255)
+    train_raw = read_idx(tiny_mnist / "train-images-idx3-ubyte.gz").reshape(300, 784) / np.float32(
+        255
+    )
     both = np.concatenate([data.x("train"), data.x("val")])
     assert sorted(map(bytes, both)) == sorted(map(bytes, train_raw))
 
 
 def test_manifest_records_the_sha256_of_every_array(tiny_mnist, make_cfg):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
-                   "stages=[download,preprocess]")
+    cfg = make_cfg(
+        f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
+    )
     run_stages(cfg)
-    data = preprocess.load(cfg)
-    assert set(data.digests) == {f"{a}_{s}" for a in "xy" for s in preprocess.SPLITS}
+    data = dataset.load(cfg)
+    assert set(data.digests) == {f"{a}_{s}" for a in "xy" for s in dataset.SPLITS}
     assert data.digests["x_val"] == hashlib.sha256(data.x("val").tobytes()).hexdigest()
     assert len(data.digest) == 64
 
 
 def test_cache_is_reused_for_the_same_config_and_recomputed_for_a_new_one(
-        tiny_mnist, make_cfg, monkeypatch):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
-                   "stages=[download,preprocess]")
+    tiny_mnist, make_cfg, monkeypatch
+):
+    cfg = make_cfg(
+        f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
+    )
     run_stages(cfg)
-    first = preprocess.output_path(cfg)
+    first = dataset.output_path(cfg)
     mtime = first.stat().st_mtime_ns
 
     def no_recompute(*a):
         raise AssertionError("recomputed a cached result")
 
     with monkeypatch.context() as m:
-        m.setattr(preprocess, "_load_raw", no_recompute)
-        assert preprocess.run(cfg) == first and first.stat().st_mtime_ns == mtime
+        m.setattr(dataset, "_load_raw", no_recompute)
+        assert dataset.prepare(cfg) == first and first.stat().st_mtime_ns == mtime
 
-    other = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=60",
-                     "stages=[download,preprocess]")
-    assert preprocess.output_path(other) != first
+    other = make_cfg(
+        f"data.mirrors=[{tiny_mnist}]", "data.validation_size=60", "stages=[download,preprocess]"
+    )
+    assert dataset.output_path(other) != first
     run_stages(other)
-    assert len(preprocess.load(other).y("val")) == 60
-    reseeded = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "data.split_seed=1")
-    assert preprocess.output_path(reseeded) != first
+    assert len(dataset.load(other).y("val")) == 60
+    reseeded = make_cfg(
+        f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "data.split_seed=1"
+    )
+    assert dataset.output_path(reseeded) != first
 
 
 def test_arrays_without_a_manifest_are_not_trusted(tiny_mnist, make_cfg):
-    cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50",
-                   "stages=[download,preprocess]")
+    cfg = make_cfg(
+        f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
+    )
     run_stages(cfg)
-    out = preprocess.output_path(cfg)
+    out = dataset.output_path(cfg)
     out.with_suffix(".json").unlink()
     out.write_bytes(b"half-written")
     with pytest.raises(PipelineError, match="run the preprocess stage first"):
-        preprocess.load(cfg)
-    preprocess.run(cfg)
-    assert len(preprocess.load(cfg).y("train")) == 250
+        dataset.load(cfg)
+    dataset.prepare(cfg)
+    assert len(dataset.load(cfg).y("train")) == 250
     assert json.loads(out.with_suffix(".json").read_text())["shapes"]["x_train"] == [250, 784]
 
 
@@ -96,16 +106,22 @@ def test_missing_raw_files_say_to_download(make_cfg):
 def test_digits_dataset_needs_no_download(make_cfg):
     cfg = make_cfg("data=digits", "stages=[download,preprocess]")
     run_stages(cfg)
-    data = preprocess.load(cfg)
-    assert [len(data.y(s)) for s in preprocess.SPLITS] == [1197, 300, 300]
+    data = dataset.load(cfg)
+    assert [len(data.y(s)) for s in dataset.SPLITS] == [1197, 300, 300]
     assert data.x("train").shape[1] == 64 and data.x("train").max() == 1.0
 
 
 def _app(*overrides, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_DATA_MIRROR"}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "pipeline", *overrides], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *overrides],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_app_rejects_an_unknown_stage_with_exit_code_2(tmp_path):
@@ -126,9 +142,20 @@ def test_real_mnist_download_and_preprocess(real_mnist_mirror, make_cfg, tmp_pat
     cfg = make_cfg(f"data.mirrors=[{real_mnist_mirror}]", "stages=[download,preprocess]")
     run_stages(cfg)
     labels = read_idx(tmp_path / "data" / "raw" / "mnist" / "train-labels-idx1-ubyte.gz")
-    assert np.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    data = preprocess.load(cfg)
-    assert [len(data.y(s)) for s in preprocess.SPLITS] == [50000, 10000, 10000]
+    assert np.bincount(labels).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    data = dataset.load(cfg)
+    assert [len(data.y(s)) for s in dataset.SPLITS] == [50000, 10000, 10000]
     assert data.x("train").shape == (50000, 784) and data.x("train").dtype == np.float32
     # Stratified: each class keeps its share of the 60k within one image.
     expected = np.bincount(labels) * 10000 / 60000

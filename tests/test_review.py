@@ -15,13 +15,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from helpers import ask_served_model, free_port
 from mlflow.tracking import MlflowClient
 
-from pipeline import analyze, preprocess, tracking
 from pipeline.app import run_stages
+from pipeline.data import dataset
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
-from helpers import ask_served_model, free_port
+from pipeline.stages import analyze
+from pipeline.tracking import runs as tracking_runs
+from pipeline.tracking import store as tracking_store
 
 
 @pytest.fixture
@@ -50,10 +53,20 @@ def test_runs_are_named_and_described_for_a_person(trained):
 def test_params_describe_the_run_and_nothing_else(trained):
     _, ours, theirs = trained
     for run in (ours, theirs):
-        assert not [k for k in run.data.params if k.startswith(("analyze.", "paths.", "evaluate.",
-                                                               "tracking.", "reproduce.", "stages"))]
-        assert {"seed", "model.hidden_sizes", "train.learning_rate", "data.name",
-                "data.validation_size"} <= set(run.data.params)
+        assert not [
+            k
+            for k in run.data.params
+            if k.startswith(
+                ("analyze.", "paths.", "evaluate.", "tracking.", "reproduce.", "stages")
+            )
+        ]
+        assert {
+            "seed",
+            "model.hidden_sizes",
+            "train.learning_rate",
+            "data.name",
+            "data.validation_size",
+        } <= set(run.data.params)
     assert {"model.cost", "model.init", "train.schedule"} <= set(ours.data.params)
     assert not {"model.cost", "model.init", "train.schedule"} & set(theirs.data.params)
     assert theirs.data.params["sklearn.hidden_layer_sizes"] == "(16, 16)"
@@ -61,8 +74,14 @@ def test_params_describe_the_run_and_nothing_else(trained):
 
 
 def test_keep_best_ends_with_the_best_validation_epochs_weights(make_cfg):
-    cfg = make_cfg("data=digits", "model=modern", "train.epochs=12", "train.learning_rate=0.3",
-                   "baseline=none", "stages=[preprocess,train]")
+    cfg = make_cfg(
+        "data=digits",
+        "model=modern",
+        "train.epochs=12",
+        "train.learning_rate=0.3",
+        "baseline=none",
+        "stages=[preprocess,train]",
+    )
     (run_id,) = run_stages(cfg)["train"]
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -73,19 +92,23 @@ def test_keep_best_ends_with_the_best_validation_epochs_weights(make_cfg):
     assert run.data.metrics["val_accuracy"] == max(history)  # the kept weights', for selection
     assert run.data.tags["kept_epoch"] == f"best (epoch {best_epoch} of 12)"
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the kept weights
-    data = preprocess.load(cfg)
+    data = dataset.load(cfg)
     assert np.mean(model.predict(data.x("val")) == data.y("val")) == max(history)
 
 
 def test_register_points_the_champion_alias_at_the_run_with_its_lineage(trained, make_cfg):
     cfg, ours, _ = trained
-    version = run_stages(make_cfg("data=digits", "stages=[register]",
-                                  f"register.run_id={ours.info.run_id}"))["register"]
+    version = run_stages(
+        make_cfg("data=digits", "stages=[register]", f"register.run_id={ours.info.run_id}")
+    )["register"]
     client = MlflowClient()
     champion = client.get_model_version_by_alias("digits-classifier", "champion")
     assert champion.version == version and champion.run_id == ours.info.run_id
-    data = preprocess.load(cfg)
-    assert champion.tags["train_data_digest"] == data.digests["x_train"][:12] + data.digests["y_train"][:12]
+    data = dataset.load(cfg)
+    assert (
+        champion.tags["train_data_digest"]
+        == data.digests["x_train"][:12] + data.digests["y_train"][:12]
+    )
     assert champion.tags["config_hash"] == ours.data.tags["config_hash"]
     assert champion.tags["test_accuracy"] == f"{ours.data.metrics['test_accuracy']:.4f}"
     with pytest.raises(PipelineError, match="register.run_id=.*must be a run id"):
@@ -94,12 +117,18 @@ def test_register_points_the_champion_alias_at_the_run_with_its_lineage(trained,
 
 def test_analysis_takes_the_newest_top_level_run_never_a_sweep_child(trained, make_cfg):
     cfg, ours, _ = trained
-    experiment_id = tracking.setup(cfg)
-    with tracking.run(cfg, run_name="a sweep"):  # a newer child of a sweep, same recipe
+    experiment_id = tracking_store.setup(cfg)
+    with tracking_runs.run(cfg, run_name="a sweep"):  # a newer child of a sweep, same recipe
         parent = mlflow.active_run().info.run_id
-    child = MlflowClient().create_run(experiment_id, tags={
-        "mlflow.parentRunId": parent, "kind": "training", "model_family": "numpy_mlp",
-        "model_name": "classic"})
+    child = MlflowClient().create_run(
+        experiment_id,
+        tags={
+            "mlflow.parentRunId": parent,
+            "kind": "training",
+            "model_family": "numpy_mlp",
+            "model_name": "classic",
+        },
+    )
     MlflowClient().set_terminated(child.info.run_id, "FINISHED")
     assert analyze.latest_run_id(experiment_id, "classic") == ours.info.run_id
 
@@ -109,21 +138,28 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
     cfg, ours, _ = trained
     run_stages(make_cfg("data=digits", "stages=[register]", f"register.run_id={ours.info.run_id}"))
     port = free_port()
-    server = subprocess.Popen(["make", "-s", "serve", "MODEL=digits-classifier", f"SERVE_PORT={port}"],
-                              cwd=PROJECT_ROOT, env=dict(os.environ), start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    data = preprocess.load(cfg)
+    server = subprocess.Popen(
+        ["make", "-s", "serve", "MODEL=digits-classifier", f"SERVE_PORT={port}"],
+        cwd=PROJECT_ROOT,
+        env=dict(os.environ),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    data = dataset.load(cfg)
     model = mlflow.pyfunc.load_model(f"runs:/{ours.info.run_id}/model")
     index = int(np.flatnonzero(model.predict(data.x("test")) == data.y("test"))[0])
-    image = data.x("test")[index:index + 1]
+    image = data.x("test")[index : index + 1]
     try:
         answer = ask_served_model(port, image, server)
         assert answer == {"predictions": [int(data.y("test")[index])]}
         for body, message in (
-                ('{"inputs": [[NaN' + ', 0.5' * 63 + ']]}', "must be finite"),
-                ('{"inputs": [[Infinity' + ', 0.5' * 63 + ']]}', "must be finite"),
-                (json.dumps({"inputs": (image * 255).tolist()}), "divide 0..255 pixels by 255"),
-                (json.dumps({"inputs": (image - 1).tolist()}), "must be in [0, 1]")):
+            ('{"inputs": [[NaN' + ", 0.5" * 63 + "]]}", "must be finite"),
+            ('{"inputs": [[Infinity' + ", 0.5" * 63 + "]]}", "must be finite"),
+            (json.dumps({"inputs": (image * 255).tolist()}), "divide 0..255 pixels by 255"),
+            (json.dumps({"inputs": (image - 1).tolist()}), "must be in [0, 1]"),
+        ):
             status, text = post(port, body)
             assert status == 400 and message in text, (status, text[:500])
         # make passes SIGTERM (kill, a container stop) on to its recipe, which must end the
@@ -145,8 +181,9 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
 
 
 def post(port: int, body: str) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body.encode(),
-                                     {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", body.encode(), {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
@@ -155,8 +192,11 @@ def post(port: int, body: str) -> tuple[int, str]:
 
 
 def _group(pgid: int) -> list[int]:
-    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
-            if _stat(int(p.parent.name)) and _stat(int(p.parent.name))[1] == pgid]
+    return [
+        int(p.parent.name)
+        for p in Path("/proc").glob("[0-9]*/stat")
+        if _stat(int(p.parent.name)) and _stat(int(p.parent.name))[1] == pgid
+    ]
 
 
 def _stat(pid: int):

@@ -8,9 +8,8 @@ from collections import Counter
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import free_port
+from mlflow.tracking import MlflowClient
 
 from pipeline import config
 from pipeline.errors import PipelineError
@@ -18,12 +17,24 @@ from pipeline.paths import PROJECT_ROOT
 
 
 def search(tmp_path, *overrides, env_extra=None, timeout=600):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-           **(env_extra or {})}
-    command = [sys.executable, "-m", "pipeline", "search=smoke", f"paths.data_dir={tmp_path / 'data'}",
-               f"paths.mlruns_dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'out'}", *overrides]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        **(env_extra or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "search=smoke",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.mlruns_dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        *overrides,
+    ]
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def the_study(storage: str) -> optuna.Study:
@@ -37,8 +48,11 @@ def search_runs(tracking_uri: str, experiment: str = "search-smoke"):
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id], max_results=1000)
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "search"]
-    children = {r.info.run_id: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.info.run_id: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert len(children) == len(runs) - 1, "every run of the experiment is a child of the search"
     return parent, children
 
@@ -109,8 +123,9 @@ def test_a_search_is_one_parent_with_a_child_per_trial_and_resumes(tmp_path):
 
 def test_two_workers_share_one_study(tmp_path):
     # Trials of ~1 s: the other worker has started long before 10 of them are done.
-    done = search(tmp_path, "search.workers=2", "search.n_trials=10", "train.epochs=20",
-                  "search.pruner=none")
+    done = search(
+        tmp_path, "search.workers=2", "search.n_trials=10", "train.epochs=20", "search.pruner=none"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     study = the_study(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     parent, children = search_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -127,16 +142,19 @@ def test_a_bad_search_space_is_named_and_exits_2(tmp_path):
     assert not (tmp_path / "mlruns" / "optuna.db").exists(), "a study was started anyway"
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"train.learning_rat": {"low": 0.1, "high": 1}}, "not a setting a trial can vary"),
-    ({"paths.data_dir": {"choices": ["a"]}}, "search.space.paths.data_dir: not a setting"),
-    ({"train.batch_size": {"low": 1.5, "high": 10}}, "ints (the setting is int)"),
-    ({"train.learning_rate": {"low": 0, "high": 1, "log": True}}, "a log range needs low > 0"),
-    ({"train.learning_rate": {"low": "fast", "high": 1}}, "low < high"),
-    ({"model.activation": {"choices": []}}, "choices must be a non-empty list"),
-    ({"model.activation": "relu"}, "must be {low, high[, log]} or {choices: [...]}"),
-    ({}, "search.space: empty"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"train.learning_rat": {"low": 0.1, "high": 1}}, "not a setting a trial can vary"),
+        ({"paths.data_dir": {"choices": ["a"]}}, "search.space.paths.data_dir: not a setting"),
+        ({"train.batch_size": {"low": 1.5, "high": 10}}, "ints (the setting is int)"),
+        ({"train.learning_rate": {"low": 0, "high": 1, "log": True}}, "a log range needs low > 0"),
+        ({"train.learning_rate": {"low": "fast", "high": 1}}, "low < high"),
+        ({"model.activation": {"choices": []}}, "choices must be a non-empty list"),
+        ({"model.activation": "relu"}, "must be {low, high[, log]} or {choices: [...]}"),
+        ({}, "search.space: empty"),
+    ],
+)
 def test_each_bad_space_entry_is_named(make_cfg, space, message):
     cfg = make_cfg("search=smoke")
     cfg.search.space = space
@@ -147,9 +165,12 @@ def test_each_bad_space_entry_is_named(make_cfg, space, message):
 
 def test_the_space_takes_each_settings_type(make_cfg):
     cfg = make_cfg("search=smoke")
-    cfg.search.space = {"train.learning_rate": {"low": 0.1, "high": 1, "log": True},
-                        "train.epochs": {"low": 2, "high": 9}, "train.momentum": {"low": 0, "high": 1},
-                        "model.hidden_sizes": {"choices": [[8], [16, 16]]}}
+    cfg.search.space = {
+        "train.learning_rate": {"low": 0.1, "high": 1, "log": True},
+        "train.epochs": {"low": 2, "high": 9},
+        "train.momentum": {"low": 0, "high": 1},
+        "model.hidden_sizes": {"choices": [[8], [16, 16]]},
+    }
     space = config.search_space(cfg)
     assert space["train.learning_rate"]["type"] == "float"
     assert space["train.epochs"]["type"] == "int"
@@ -162,13 +183,21 @@ def test_an_unreachable_storage_or_tracking_server_exits_2_before_any_trial(tmp_
     done = search(tmp_path, f"search.storage=postgresql://user:s3cret@127.0.0.1:{down}/optuna")
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-2000:]
-    assert f"cannot open the study storage postgresql+psycopg://user@127.0.0.1:{down}/optuna" in output
+    assert (
+        f"cannot open the study storage postgresql+psycopg://user:***@127.0.0.1:{down}/optuna"
+        in output
+    )
     assert "Connection refused" in output
     assert "s3cret" not in output and "Traceback" not in output
 
-    done = search(tmp_path, env_extra={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{down}",
-                                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    done = search(
+        tmp_path,
+        env_extra={
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{down}",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        },
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-2000:]
     assert "cannot open the parent run" in output and "Traceback" not in output

@@ -19,14 +19,28 @@ EXPERIMENT = "sweep-smoke"
 def _sweep(tmp_path, db, *overrides, wait=True):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
     env.pop("PIPELINE_DATA_MIRROR", None)
-    command = [sys.executable, "-m", "pipeline", "sweep=smoke", f"paths.data_dir={tmp_path / 'data'}",
-               f"hydra.sweep.dir={tmp_path / 'multirun' / str(time.monotonic_ns())}", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "sweep=smoke",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun' / str(time.monotonic_ns())}",
+        *overrides,
+    ]
     if wait is not True:  # a log file: start it in its own process group and return
         with open(wait, "w") as out:
-            return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
-                                    stdout=out, stderr=subprocess.STDOUT)
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+            return subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _training_runs_running(db) -> bool:
@@ -49,14 +63,24 @@ def _runs(db) -> pd.DataFrame:
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return pd.DataFrame([{"run_id": r.info.run_id, "status": r.info.status,
-                          "kind": r.data.tags.get("kind"), "family": r.data.tags.get("model_family"),
-                          "hash": r.data.tags.get("config_hash"),
-                          "parent": r.data.tags.get("mlflow.parentRunId"),
-                          "hidden": r.data.params.get("model.hidden_sizes"),
-                          "eta": r.data.params.get("train.learning_rate"),
-                          "reason": r.data.tags.get("failure_reason", ""), "tags": r.data.tags,
-                          "metrics": r.data.metrics} for r in runs])
+    return pd.DataFrame(
+        [
+            {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "kind": r.data.tags.get("kind"),
+                "family": r.data.tags.get("model_family"),
+                "hash": r.data.tags.get("config_hash"),
+                "parent": r.data.tags.get("mlflow.parentRunId"),
+                "hidden": r.data.params.get("model.hidden_sizes"),
+                "eta": r.data.params.get("train.learning_rate"),
+                "reason": r.data.tags.get("failure_reason", ""),
+                "tags": r.data.tags,
+                "metrics": r.data.metrics,
+            }
+            for r in runs
+        ]
+    )
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -76,8 +100,11 @@ def test_smoke_sweep_on_a_fresh_store_links_children_and_summarizes(tmp_path, at
     client = MlflowClient(f"sqlite:///{db}")
     parent_id = parent.run_id.item()
     summary = {a.path for a in client.list_artifacts(parent_id, "summary")}
-    assert summary == {"summary/results.csv", "summary/results.md",
-                       "summary/test_accuracy_vs_hidden_sizes.png"}
+    assert summary == {
+        "summary/results.csv",
+        "summary/results.md",
+        "summary/test_accuracy_vs_hidden_sizes.png",
+    }
     best = parent.tags.item()["best_child_run_id"]
     ours = children[children.family == "numpy_mlp"]
     best_val = max(m["val_accuracy"] for m in ours.metrics)
@@ -99,8 +126,11 @@ def test_rerun_skips_finished_configs(tmp_path):
     # the rerun resumed the same parent: one parent, its four children, one summary
     assert len(parents) == 1 and set(parents.status) == {"FINISHED"}
     assert set(training.parent) == set(parents.run_id)
-    table = pd.read_csv(MlflowClient(f"sqlite:///{db}").download_artifacts(
-        parents.run_id.item(), "summary/results.csv"))
+    table = pd.read_csv(
+        MlflowClient(f"sqlite:///{db}").download_artifacts(
+            parents.run_id.item(), "summary/results.csv"
+        )
+    )
     assert len(table) == 4
 
 
@@ -136,8 +166,9 @@ def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_pat
 
 def test_a_diverging_job_fails_while_the_others_finish_and_the_sweep_says_so(tmp_path):
     db = tmp_path / "store.db"
-    result = _sweep(tmp_path, db, "model=modern", "model.hidden_sizes=[16]",
-                    "train.learning_rate=0.1,1e20")
+    result = _sweep(
+        tmp_path, db, "model=modern", "model.hidden_sizes=[16]", "train.learning_rate=0.1,1e20"
+    )
     assert result.returncode == 1, result.stderr[-3000:]  # any failed job: a script notices
     assert "1 of 2 jobs failed" in result.stderr + result.stdout
     runs = _runs(db)
@@ -151,8 +182,14 @@ def test_a_diverging_job_fails_while_the_others_finish_and_the_sweep_says_so(tmp
 
 def test_a_sweep_whose_every_job_fails_exits_nonzero(tmp_path):
     db = tmp_path / "store.db"
-    result = _sweep(tmp_path, db, "model=modern", "baseline=none", "model.hidden_sizes=[8],[16]",
-                    "train.learning_rate=1e20")
+    result = _sweep(
+        tmp_path,
+        db,
+        "model=modern",
+        "baseline=none",
+        "model.hidden_sizes=[8],[16]",
+        "train.learning_rate=1e20",
+    )
     assert result.returncode != 0
     assert "all 2 jobs failed" in result.stderr + result.stdout
     runs = _runs(db)
@@ -172,6 +209,7 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -179,12 +217,27 @@ def _free_port() -> int:
 
 def test_a_sweep_against_an_unreachable_tracking_server_exits_nonzero(tmp_path):
     port = _free_port()  # nothing listens there
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sweep=smoke", f"paths.data_dir={tmp_path / 'data'}",
-         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "sweep=smoke",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "cannot create the parent run" in output and "Nothing was run" in output
@@ -197,8 +250,9 @@ def test_a_sweep_on_a_read_only_store_exits_nonzero(tmp_path):
     db.parent.mkdir()
     assert _sweep(tmp_path, db, "baseline=none", "model.hidden_sizes=[8]").returncode == 0
     if os.geteuid() == 0:
-        made = subprocess.run(["mount", "--bind", "-o", "ro", str(db.parent), str(db.parent)],
-                              capture_output=True)
+        made = subprocess.run(
+            ["mount", "--bind", "-o", "ro", str(db.parent), str(db.parent)], capture_output=True
+        )
         if made.returncode:
             pytest.skip(f"cannot make a read-only mount here: {made.stderr.decode()[:200]}")
     else:
@@ -219,7 +273,7 @@ def test_a_sweep_on_a_read_only_store_exits_nonzero(tmp_path):
 def test_the_default_grid_gives_each_activation_its_own_init_and_rates(make_cfg):
     """A fair grid: He init and ReLU's η range for ReLU, 1/√n and sigmoid's for sigmoid;
     pinning a value on the command line holds it for every child."""
-    from pipeline import sweep
+    from pipeline.stages import sweep
 
     chosen = {}
     for activation in ("sigmoid", "relu"):
@@ -230,11 +284,13 @@ def test_the_default_grid_gives_each_activation_its_own_init_and_rates(make_cfg)
     assert {chosen["sigmoid", s][0] for s in ("low", "mid", "high")} == {"scaled"}
     assert [chosen["relu", s][1] for s in ("low", "mid", "high")] == [0.03, 0.1, 0.3]
     assert [chosen["sigmoid", s][1] for s in ("low", "mid", "high")] == [0.3, 1.0, 3.0]
-    pinned = make_cfg("sweep=grid", "model.activation=relu", "train.learning_rate=3.0",
-                      "model.init=normal")
+    pinned = make_cfg(
+        "sweep=grid", "model.activation=relu", "train.learning_rate=3.0", "model.init=normal"
+    )
     assert (pinned.model.init, pinned.train.learning_rate) == ("normal", 3.0)
 
     from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         full = compose("config", overrides=["sweep=grid"], return_hydra_config=True)
     fixed = sweep.held_fixed(full, sweep.swept(full))
@@ -250,7 +306,8 @@ def test_an_edited_preset_starts_a_new_parent_instead_of_resuming_the_old_one():
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from pipeline import sweep
+    from pipeline.stages import sweep
+
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         config = compose("config", overrides=["sweep=grid"], return_hydra_config=True)
         again = compose("config", overrides=["sweep=grid"], return_hydra_config=True)
@@ -261,28 +318,47 @@ def test_an_edited_preset_starts_a_new_parent_instead_of_resuming_the_old_one():
 
 
 def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children():
-    from pipeline import sweep
+    from pipeline.tracking import parents
 
-    rows = [("frontier 800 relu η=0.05 m=100 · ours [ablation=none]", 0, "FINISHED", 0.99),
-            ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=none]", 1, "FINISHED", 0.98),
-            ("frontier 800 relu η=0.05 m=100 · ours seed=2 [ablation=none]", 2, "FAILED", None),
-            ("frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]", 0, "FINISHED", 0.97),
-            ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=elastic]", 1, "FINISHED", 0.95)]
-    table = pd.DataFrame([{"run_name": n, "seed": s, "status": st, "family": "numpy_mlp",
-                           "val_accuracy": a, "test_accuracy": a} for n, s, st, a in rows])
-    means = sweep.seed_means(table).set_index("config")
-    assert list(means.index) == ["frontier 800 relu η=0.05 m=100 · ours [ablation=none]",
-                                 "frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]"]
+    rows = [
+        ("frontier 800 relu η=0.05 m=100 · ours [ablation=none]", 0, "FINISHED", 0.99),
+        ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=none]", 1, "FINISHED", 0.98),
+        ("frontier 800 relu η=0.05 m=100 · ours seed=2 [ablation=none]", 2, "FAILED", None),
+        ("frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]", 0, "FINISHED", 0.97),
+        ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=elastic]", 1, "FINISHED", 0.95),
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                "run_name": n,
+                "seed": s,
+                "status": st,
+                "family": "numpy_mlp",
+                "val_accuracy": a,
+                "test_accuracy": a,
+            }
+            for n, s, st, a in rows
+        ]
+    )
+    means = parents.seed_means(table).set_index("config")
+    assert list(means.index) == [
+        "frontier 800 relu η=0.05 m=100 · ours [ablation=none]",
+        "frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]",
+    ]
     assert means.seeds.tolist() == [2, 2]
     assert means.test_accuracy_mean.tolist() == pytest.approx([0.985, 0.96])
     assert means.test_accuracy_std.tolist() == pytest.approx([0.00707107, 0.01414214])
 
 
 def test_a_config_group_choice_names_the_sweep_child():
-    from pipeline import sweep
+    from pipeline.stages import sweep
 
-    assert sweep.run_label(["ablation=elastic", "seed=1", "model.cost=quadratic",
-                            "train.learning_rate=0.1"]) == "ablation=elastic cost=quadratic"
+    assert (
+        sweep.run_label(
+            ["ablation=elastic", "seed=1", "model.cost=quadratic", "train.learning_rate=0.1"]
+        )
+        == "ablation=elastic cost=quadratic"
+    )
 
 
 def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seeds(tmp_path):
@@ -293,11 +369,26 @@ def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seed
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
     env.pop("PIPELINE_DATA_MIRROR", None)
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sweep=ablation", "data=digits",
-         "stages=[preprocess,train,evaluate]", "model.hidden_sizes=[16]", "train.epochs=2",
-         "seed=0,1", f"tracking.experiment={EXPERIMENT}", f"paths.data_dir={tmp_path / 'data'}",
-         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "sweep=ablation",
+            "data=digits",
+            "stages=[preprocess,train,evaluate]",
+            "model.hidden_sizes=[16]",
+            "train.epochs=2",
+            "seed=0,1",
+            f"tracking.experiment={EXPERIMENT}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = _runs(db)
     (parent,) = runs[runs.kind == "sweep"].run_id
@@ -306,25 +397,37 @@ def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seed
     assert set(children.family) == {"numpy_mlp"}  # the baseline is off
     params = {}
     for run in MlflowClient(f"sqlite:///{db}").search_runs(
-            [MlflowClient(f"sqlite:///{db}").get_experiment_by_name(EXPERIMENT).experiment_id],
-            "tags.kind = 'training'"):
-        row = run.info.run_name.rsplit("ablation=", 1)[1].split()[0]  # '… [ablation=elastic epochs=2]'
+        [MlflowClient(f"sqlite:///{db}").get_experiment_by_name(EXPERIMENT).experiment_id],
+        "tags.kind = 'training'",
+    ):
+        row = run.info.run_name.rsplit("ablation=", 1)[1].split()[
+            0
+        ]  # '… [ablation=elastic epochs=2]'
         params.setdefault(row, []).append(run.data.params)
     assert sorted(params) == ["cosine", "elastic", "momentum", "none"]
     for p in params["none"]:
-        assert (p["train.momentum"], p["train.schedule"], p["train.augment.elastic_alpha"]) == \
-            ("0.9", "cosine", "34.0")
+        assert (p["train.momentum"], p["train.schedule"], p["train.augment.elastic_alpha"]) == (
+            "0.9",
+            "cosine",
+            "34.0",
+        )
     assert all("train.augment.elastic_alpha" not in p for p in params["elastic"])
     assert all(p["train.schedule"] == "constant" for p in params["cosine"])
-    assert all((p["train.momentum"], p["train.learning_rate"]) == ("0.0", "0.5")
-               for p in params["momentum"])
+    assert all(
+        (p["train.momentum"], p["train.learning_rate"]) == ("0.0", "0.5")
+        for p in params["momentum"]
+    )
 
-    path = MlflowClient(f"sqlite:///{db}").download_artifacts(parent, "summary/seed_means.csv",
-                                                              str(tmp_path))
+    path = MlflowClient(f"sqlite:///{db}").download_artifacts(
+        parent, "summary/seed_means.csv", str(tmp_path)
+    )
     means = pd.read_csv(path)
     assert len(means) == 4 and set(means.seeds) == {2}
     tests = children.assign(row=[n for n in children.tags.map(lambda t: t["mlflow.runName"])])
     for row in means.itertuples():
-        mine = [m["test_accuracy"] for m, name in zip(children.metrics, tests.row)
-                if name.replace(" seed=1", "") == row.config]
+        mine = [
+            m["test_accuracy"]
+            for m, name in zip(children.metrics, tests.row)
+            if name.replace(" seed=1", "") == row.config
+        ]
         assert len(mine) == 2 and row.test_accuracy_mean == pytest.approx(sum(mine) / 2)

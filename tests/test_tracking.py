@@ -10,10 +10,11 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 
-from pipeline import compare, preprocess
 from pipeline.app import run_stages
+from pipeline.data import dataset
 from pipeline.errors import PipelineError, RunFailed
 from pipeline.paths import PROJECT_ROOT
+from pipeline.stages import compare
 
 
 @pytest.fixture
@@ -26,8 +27,10 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture
 def digits_cfg(make_cfg, store, tmp_path):
     def make(*overrides):
-        return make_cfg("data=digits", "train.epochs=4", f"paths.mlruns_dir={tmp_path / 'mlruns'}",
-                        *overrides)
+        return make_cfg(
+            "data=digits", "train.epochs=4", f"paths.mlruns_dir={tmp_path / 'mlruns'}", *overrides
+        )
+
     return make
 
 
@@ -46,9 +49,11 @@ def trained(tmp_path_factory):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["data=digits", "train.epochs=4",
-                                           f"paths.data_dir={tmp / 'data'}"])
+        cfg = compose(
+            "config", overrides=["data=digits", "train.epochs=4", f"paths.data_dir={tmp / 'data'}"]
+        )
     results = run_stages(cfg)
     yield cfg, uri, results
     if old is None:
@@ -70,8 +75,14 @@ def test_both_runs_are_logged_with_params_metrics_and_tags(trained):
         assert params["model.activation"] == "sigmoid" and params["seed"] == "0"
         assert len(tags["git_commit"]) >= 7 and tags["config_hash"]
         own_loss = {"numpy_mlp": "train_cost", "sklearn_mlp": "sklearn_loss"}[family]
-        for metric in (own_loss, "train_accuracy", "train_log_loss", "val_accuracy",
-                       "val_log_loss", "epoch_seconds"):
+        for metric in (
+            own_loss,
+            "train_accuracy",
+            "train_log_loss",
+            "val_accuracy",
+            "val_log_loss",
+            "epoch_seconds",
+        ):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == [1, 2, 3, 4], (family, metric)
         assert 0.5 < run.data.metrics["test_accuracy"] <= 1.0
@@ -83,27 +94,41 @@ def test_both_runs_are_logged_with_params_metrics_and_tags(trained):
     assert "sklearn_loss" not in runs["numpy_mlp"].data.metrics
     assert "train_cost" not in runs["sklearn_mlp"].data.metrics
     # ours and the baseline share the config hash: compare pairs them on it
-    assert runs["numpy_mlp"].data.tags["config_hash"] == runs["sklearn_mlp"].data.tags["config_hash"]
+    assert (
+        runs["numpy_mlp"].data.tags["config_hash"] == runs["sklearn_mlp"].data.tags["config_hash"]
+    )
 
 
 def test_artifacts_and_dataset_inputs_are_logged(trained):
     cfg, uri, _ = trained
     client, runs = _runs(uri)
-    data = preprocess.load(cfg)
+    data = dataset.load(cfg)
     for run in runs.values():
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert "config.yaml" in paths
         evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-        assert {"evaluation/confusion_matrix.png", "evaluation/misclassified.png",
-                "evaluation/classification_report.json"} <= evaluation
+        assert {
+            "evaluation/confusion_matrix.png",
+            "evaluation/misclassified.png",
+            "evaluation/classification_report.json",
+        } <= evaluation
         config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
         assert "hidden_sizes:\n  - 16\n  - 16" in config_text
-        report = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/classification_report.json")
+        report = mlflow.artifacts.load_dict(
+            f"runs:/{run.info.run_id}/evaluation/classification_report.json"
+        )
         assert set(report) >= {str(k) for k in range(10)} | {"accuracy", "macro avg"}
         inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"digits-train", "digits-val", "digits-test"}
-        assert inputs["digits-train"].dataset.digest == data.digests["x_train"][:12] + data.digests["y_train"][:12]
-        assert {t.value for d in inputs.values() for t in d.tags} >= {"training", "validation", "testing"}
+        assert (
+            inputs["digits-train"].dataset.digest
+            == data.digests["x_train"][:12] + data.digests["y_train"][:12]
+        )
+        assert {t.value for d in inputs.values() for t in d.tags} >= {
+            "training",
+            "validation",
+            "testing",
+        }
 
 
 @pytest.mark.parametrize("family", ["numpy_mlp", "sklearn_mlp"])
@@ -111,7 +136,7 @@ def test_logged_model_reproduces_the_logged_test_accuracy_exactly(trained, famil
     cfg, uri, _ = trained
     _, runs = _runs(uri)
     run = runs[family]
-    data = preprocess.load(cfg)
+    data = dataset.load(cfg)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     predicted = np.asarray(model.predict(data.x("test")))
     assert np.mean(predicted == data.y("test")) == run.data.metrics["test_accuracy"]
@@ -123,16 +148,24 @@ def test_compare_pairs_ours_with_the_baseline_and_logs_the_table(trained, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     table = compare.run(cfg, {})
     assert len(table) == 1
-    assert {"numpy_mlp test_acc", "sklearn_mlp test_acc", "numpy_mlp train_s",
-            "sklearn_mlp train_s"} <= set(table.columns)
+    assert {
+        "numpy_mlp test_acc",
+        "sklearn_mlp test_acc",
+        "numpy_mlp train_s",
+        "sklearn_mlp train_s",
+    } <= set(table.columns)
     client, runs = _runs(uri)
     report = runs["compare"]
-    assert {a.path for a in client.list_artifacts(report.info.run_id)} == {"compare.csv", "compare.md"}
+    assert {a.path for a in client.list_artifacts(report.info.run_id)} == {
+        "compare.csv",
+        "compare.md",
+    }
 
 
 def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
-    cfg = digits_cfg("model=modern", "train.learning_rate=1e20", "baseline=none",
-                     "stages=[preprocess,train]")
+    cfg = digits_cfg(
+        "model=modern", "train.learning_rate=1e20", "baseline=none", "stages=[preprocess,train]"
+    )
     with pytest.raises(RunFailed, match="every run failed: numpy_mlp: training diverged"):
         run_stages(cfg)
     _, runs = _runs(store)
@@ -142,24 +175,42 @@ def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
     assert mlflow.active_run() is None
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.activation=softplus", "model.activation='softplus': must be one of ['sigmoid', 'relu', 'tanh']"),
-    ("train.learning_rate=-0.5", "train.learning_rate=-0.5: must be a number > 0"),
-    ("train.learning_rate=0", "train.learning_rate=0.0: must be a number > 0"),
-    ("model.hidden_sizes=[]", "model.hidden_sizes=[]: must be a non-empty list"),
-    ("train.batch_size=5000", "train.batch_size=5000: must be at most the training set size (1197 images)"),
-    ("train.epochs=0", "train.epochs=0: must be a number ≥ 1"),
-    ("seed=-1", "seed=-1: must be a number in [0, 4294967296)"),
-    ("stages=[]", "stages=[]: must be a non-empty list of stages"),
-    ("data.validation_size=1700", "data.validation_size=1700 with data.test_size=300: must leave "
-                                  "at least 10 of the 1797 images for training"),
-    ("train.learning_rate=inf", "train.learning_rate=inf: must be a finite number"),
-    ("train.momentum=nan", "train.momentum=nan: must be a finite number"),
-    ("tracking.log_model=false", "tracking.log_model=false: the evaluate stage loads the logged models"),
-    ("analyze.run_id=abc", "analyze.run_id='abc': must be a run id"),
-    ("analyze.model_name=\"x' or '1'='1\"", "analyze.model_name=\"x' or '1'='1\": must be a name"),
-    ("evaluate.run_ids=[nope]", "evaluate.run_ids: 'nope' must be a run id"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "model.activation=softplus",
+            "model.activation='softplus': must be one of ['sigmoid', 'relu', 'tanh']",
+        ),
+        ("train.learning_rate=-0.5", "train.learning_rate=-0.5: must be a number > 0"),
+        ("train.learning_rate=0", "train.learning_rate=0.0: must be a number > 0"),
+        ("model.hidden_sizes=[]", "model.hidden_sizes=[]: must be a non-empty list"),
+        (
+            "train.batch_size=5000",
+            "train.batch_size=5000: must be at most the training set size (1197 images)",
+        ),
+        ("train.epochs=0", "train.epochs=0: must be a number ≥ 1"),
+        ("seed=-1", "seed=-1: must be a number in [0, 4294967296)"),
+        ("stages=[]", "stages=[]: must be a non-empty list of stages"),
+        (
+            "data.validation_size=1700",
+            "data.validation_size=1700 with data.test_size=300: must leave "
+            "at least 10 of the 1797 images for training",
+        ),
+        ("train.learning_rate=inf", "train.learning_rate=inf: must be a finite number"),
+        ("train.momentum=nan", "train.momentum=nan: must be a finite number"),
+        (
+            "tracking.log_model=false",
+            "tracking.log_model=false: the evaluate stage loads the logged models",
+        ),
+        ("analyze.run_id=abc", "analyze.run_id='abc': must be a run id"),
+        (
+            "analyze.model_name=\"x' or '1'='1\"",
+            "analyze.model_name=\"x' or '1'='1\": must be a name",
+        ),
+        ("evaluate.run_ids=[nope]", "evaluate.run_ids: 'nope' must be a run id"),
+    ],
+)
 def test_invalid_configs_are_rejected_before_any_work(digits_cfg, override, message, tmp_path):
     cfg = digits_cfg(override)
     with pytest.raises(PipelineError) as e:
@@ -168,10 +219,13 @@ def test_invalid_configs_are_rejected_before_any_work(digits_cfg, override, mess
     assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.learnin_rate=1", "train.learnin_rate"),
-    ("train.epochs=many", "train.epochs"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.learnin_rate=1", "train.learnin_rate"),
+        ("train.epochs=many", "train.epochs"),
+    ],
+)
 def test_unknown_keys_and_wrong_types_are_rejected_by_the_schema(make_cfg, override, message):
     with pytest.raises(ConfigCompositionException) as e:
         make_cfg(override)
@@ -180,8 +234,18 @@ def test_unknown_keys_and_wrong_types_are_rejected_by_the_schema(make_cfg, overr
 
 def test_app_reports_an_invalid_config_without_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "model.activation=softplus", f"paths.data_dir={tmp_path}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "model.activation=softplus",
+            f"paths.data_dir={tmp_path}",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "model.activation='softplus': must be one of" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -10,10 +10,11 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from pipeline import describe
 from pipeline.engine import AugmentConfig, Network, SGDConfig, train
 from pipeline.engine.augment import bilinear, distort, gaussian_matrix
 from pipeline.engine.network import Workspace, with_ones_column
+from pipeline.families import numpy_mlp
+from pipeline.tracking import describe
 
 DIGITS = load_digits()
 X = (DIGITS.data / 16).astype(np.float32)
@@ -23,6 +24,7 @@ ELASTIC = AugmentConfig(elastic_alpha=1.0, elastic_sigma=1.5)
 
 
 # ---- augmentation -------------------------------------------------------------------------
+
 
 def test_bilinear_reading_equals_scipys_map_coordinates():
     rng = np.random.default_rng(0)
@@ -85,6 +87,7 @@ def test_training_with_augmentation_is_fixed_by_the_seed_and_leaves_the_data_alo
 
 # ---- dropout --------------------------------------------------------------------------------
 
+
 def _masked_cost(net, x, y, masks):
     """The plain forward pass with given dropout masks: mean cross-entropy over the rows."""
     a = x * masks[0]
@@ -123,16 +126,23 @@ def test_backprop_with_dropout_is_the_gradient_of_the_dropped_network(activation
 def test_dropout_is_off_at_evaluation():
     rng = np.random.default_rng(0)
     net = Network([64, 32, 10], "relu", "cross_entropy", "he", rng=rng)
-    train(net, X[:600], Y[:600], SGDConfig(epochs=2, learning_rate=0.05, dropout_input=0.2,
-                                             dropout_hidden=0.5), rng)
+    train(
+        net,
+        X[:600],
+        Y[:600],
+        SGDConfig(epochs=2, learning_rate=0.05, dropout_input=0.2, dropout_hidden=0.5),
+        rng,
+    )
     first = net.outputs(X[600:700])
     assert np.array_equal(first, net.outputs(X[600:700]))  # no mask: the same every time
     hidden = np.maximum(X[600:700] @ net.weights[0] + net.biases[0], 0)  # the whole network
-    np.testing.assert_allclose(first, net.C.output(hidden @ net.weights[1] + net.biases[1]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        first, net.C.output(hidden @ net.weights[1] + net.biases[1]), rtol=1e-5, atol=1e-6
+    )
 
 
 # ---- max-norm, warm-up ----------------------------------------------------------------------
+
 
 def test_max_norm_keeps_every_units_incoming_weights_within_c():
     rng = np.random.default_rng(0)
@@ -149,15 +159,18 @@ def test_warm_up_raises_the_rate_linearly_then_follows_the_schedule():
     config = SGDConfig(epochs=10, learning_rate=1.0, schedule="cosine", warmup_epochs=3)
     plain = SGDConfig(epochs=10, learning_rate=1.0, schedule="cosine")
     assert [config.eta(e) for e in range(3)] == pytest.approx(
-        [plain.eta(e) * (e + 1) / 4 for e in range(3)])
+        [plain.eta(e) * (e + 1) / 4 for e in range(3)]
+    )
     assert [config.eta(e) for e in range(3, 10)] == [plain.eta(e) for e in range(3, 10)]
 
 
 # ---- every tweak off: the classic recipe, unchanged ------------------------------------------
 
+
 def test_with_every_tweak_off_training_is_the_plain_sgd_of_the_book():
     """The engine's chunked, in-place loop against a plain one (a fresh permutation per
     epoch, one gradient step per batch): the same weights, and no extra random draw."""
+
     def engine(rng):
         net = Network([64, 16, 16, 10], "sigmoid", "quadratic", "normal", dtype="float64", rng=rng)
         train(net, X[:500], Y[:500], SGDConfig(epochs=3, batch_size=10, learning_rate=3.0), rng)
@@ -169,7 +182,7 @@ def test_with_every_tweak_off_training_is_the_plain_sgd_of_the_book():
         for _ in range(3):
             order = rng.permutation(500)
             for start in range(0, 500, 10):
-                batch = order[start:start + 10]
+                batch = order[start : start + 10]
                 net.params -= 3.0 * net.gradient(x[batch], y[batch])
         return net
 
@@ -180,9 +193,11 @@ def test_with_every_tweak_off_training_is_the_plain_sgd_of_the_book():
 
 def test_the_classic_recipe_has_every_tweak_off_and_logs_none(make_cfg):
     cfg = make_cfg("model=classic")
-    assert not any(describe.run_params(cfg, "numpy_mlp").get(k) for k in describe.TWEAKS)
-    assert all(not k.startswith(("train.dropout", "train.augment", "train.max_norm", "train.warmup"))
-               for k in describe.run_params(cfg, "numpy_mlp"))
+    assert not any(numpy_mlp.FAMILY.params(cfg).get(k) for k in describe.TWEAKS)
+    assert all(
+        not k.startswith(("train.dropout", "train.augment", "train.max_norm", "train.warmup"))
+        for k in numpy_mlp.FAMILY.params(cfg)
+    )
     tweaked = make_cfg("model=classic", "train.dropout_hidden=0.5", "train.augment.shift=2")
-    params = describe.run_params(tweaked, "numpy_mlp")
+    params = numpy_mlp.FAMILY.params(tweaked)
     assert params["train.dropout_hidden"] == "0.5" and params["train.augment.shift"] == "2.0"

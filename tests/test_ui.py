@@ -1,4 +1,4 @@
-"""`python -m pipeline.ui`: a server that binds where it is told, and is safe to expose.
+"""`python -m pipeline.serve.ui`: a server that binds where it is told, and is safe to expose.
 
 Each test runs the real ui.py (and so the real `mlflow server`) as a subprocess on a free
 port, waits a bounded time, and always stops it and every process it started. Requests go
@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -42,8 +42,7 @@ def _env(**extra: str) -> dict[str, str]:
     """The test's environment for ui.py: one uvicorn worker and no job runner, for speed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_SERVER_")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return {**env, "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            **extra}
+    return {**env, "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **extra}
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -79,9 +78,11 @@ def _groups(pids: set[int]) -> set[int]:
 
 def _survivors(pids: set[int], pgids: set[int]) -> dict[int, str]:
     """The processes still alive among pids, or in one of the process groups pgids."""
-    return {p: Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:120]
-            for p, (_, pgrp) in _live_processes().items()
-            if (p in pids or pgrp in pgids) and Path(f"/proc/{p}/cmdline").exists()}
+    return {
+        p: Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:120]
+        for p, (_, pgrp) in _live_processes().items()
+        if (p in pids or pgrp in pgids) and Path(f"/proc/{p}/cmdline").exists()
+    }
 
 
 def _get(host: str, port: int, path: str, host_header: str | None = None) -> int:
@@ -113,13 +114,27 @@ def _start(args: list[str], tmp_path: Path, env: dict[str, str]) -> subprocess.P
     # A file, not a pipe: nobody reads while the server runs, and a full pipe would block it.
     with open(tmp_path / "ui.log", "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.ui", "--mlruns", str(tmp_path / "mlruns"), *args],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "pipeline.serve.ui",
+                "--mlruns",
+                str(tmp_path / "mlruns"),
+                *args,
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
-def _stop(process: subprocess.Popen, pids: frozenset[int] = frozenset(),
-          pgids: frozenset[int] = frozenset()) -> None:
+def _stop(
+    process: subprocess.Popen,
+    pids: frozenset[int] = frozenset(),
+    pgids: frozenset[int] = frozenset(),
+) -> None:
     """SIGTERM ui.py and make sure that it and everything it started end, whatever ui.py does.
 
     pids and pgids: processes seen earlier, which an exited ui.py no longer leads us to.
@@ -135,15 +150,18 @@ def _stop(process: subprocess.Popen, pids: frozenset[int] = frozenset(),
         process.kill()
         process.wait()
     for pid in _survivors(pids, pgids):
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @contextmanager
-def _serving(args: list[str], tmp_path: Path, env: dict[str, str], host: str = "127.0.0.1",
-             port: int | None = None):
+def _serving(
+    args: list[str],
+    tmp_path: Path,
+    env: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int | None = None,
+):
     """ui.py serving on a free port, answering on host (a loopback address), then stopped."""
     port = port or _free_port()
     process = _start(["--port", str(port), *args], tmp_path, env)
@@ -185,8 +203,13 @@ def test_an_ipv6_host_starts_and_answers(tmp_path):
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     """ui.py run to its end: for the command lines it refuses before starting a server."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.ui", "--mlruns", str(tmp_path / "mlruns"), *args],
-        cwd=PROJECT_ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "pipeline.serve.ui", "--mlruns", str(tmp_path / "mlruns"), *args],
+        cwd=PROJECT_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _wait_until_it_starts_the_server(process: subprocess.Popen, tmp_path: Path) -> str:
@@ -199,8 +222,9 @@ def _wait_until_it_starts_the_server(process: subprocess.Popen, tmp_path: Path) 
     return output
 
 
-@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"),
-                                          (socket.AF_INET6, "::1")], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize(
+    "family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")], ids=["ipv4", "ipv6"]
+)
 def test_a_taken_port_is_one_line_of_error_and_a_non_zero_exit(tmp_path, family, host):
     if family == socket.AF_INET6 and not _has_ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback")
@@ -212,7 +236,8 @@ def test_a_taken_port_is_one_line_of_error_and_a_non_zero_exit(tmp_path, family,
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         f"error: port {port} on {host} is already in use (another `make ui`?). "
-        f"Stop that server, or pick another port: make ui PORT={port + 1}"]
+        f"Stop that server, or pick another port: make ui PORT={port + 1}"
+    ]
 
 
 def test_an_address_of_another_machine_is_one_line_of_error_not_a_taken_port(tmp_path):

@@ -12,5 +12,15 @@ from .errors import DivergenceError, EngineError
 from .network import INITS, Network
 from .sgd import SCHEDULES, SGDConfig, train
 
-__all__ = ["ACTIVATIONS", "AugmentConfig", "COSTS", "INITS", "SCHEDULES", "DivergenceError", "EngineError",
-           "Network", "SGDConfig", "train"]
+__all__ = [
+    "ACTIVATIONS",
+    "AugmentConfig",
+    "COSTS",
+    "INITS",
+    "SCHEDULES",
+    "DivergenceError",
+    "EngineError",
+    "Network",
+    "SGDConfig",
+    "train",
+]

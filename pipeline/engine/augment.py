@@ -10,43 +10,57 @@ Gaussian of width σ and scaled by α. The image is read at the source points by
 interpolation (0 outside). Labels are untouched: only the pixels move.
 
 Everything is vectorised over the batch: one einsum builds the source points of all
-images, bilinear() reads them (what scipy.ndimage.map_coordinates does, faster). Every random number comes from
-the generator passed in, so a seed fixes the distortions.
+images, bilinear() reads them (what scipy.ndimage.map_coordinates does, faster). Every
+random number comes from the generator passed in, so a seed fixes the distortions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from .errors import EngineError
 
+TWEAK = {"tweak": True}  # dataclass field metadata: a tweak, off in the classic recipe
+
 
 @dataclass
 class AugmentConfig:
-    shift: float = 0.0  # pixels: t uniform in [−shift, shift] on each axis
-    rotation: float = 0.0  # degrees: θ uniform in [−rotation, rotation]
-    scale: float = 0.0  # s uniform in [1 − scale, 1 + scale]
-    shear: float = 0.0  # degrees: φ uniform in [−shear, shear]
-    elastic_alpha: float = 0.0  # pixels: the scale α of the elastic displacement field
+    """Each a tweak (metadata "tweak"): non-zero, it switches a distortion on."""
+
+    shift: float = field(
+        default=0.0, metadata=TWEAK
+    )  # pixels: t uniform in [−shift, shift] on each axis
+    rotation: float = field(
+        default=0.0, metadata=TWEAK
+    )  # degrees: θ uniform in [−rotation, rotation]
+    scale: float = field(default=0.0, metadata=TWEAK)  # s uniform in [1 − scale, 1 + scale]
+    shear: float = field(default=0.0, metadata=TWEAK)  # degrees: φ uniform in [−shear, shear]
+    elastic_alpha: float = field(
+        default=0.0, metadata=TWEAK
+    )  # pixels: the scale α of the elastic displacement field
     elastic_sigma: float = 4.0  # pixels: the smoothing width σ of that field
 
     @property
     def active(self) -> bool:
-        return any((self.shift, self.rotation, self.scale, self.shear, self.elastic_alpha))
+        return any(getattr(self, f.name) for f in fields(self) if f.metadata.get("tweak"))
 
 
 def image_side(n_pixels: int) -> int:
     """The side of a square image of n_pixels (784 → 28, 64 → 8)."""
-    side = int(round(n_pixels ** 0.5))
+    side = int(round(n_pixels**0.5))
     if side * side != n_pixels:
         raise EngineError(f"augmentation needs square images; rows of {n_pixels} pixels are not")
     return side
 
 
-def distort(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator,
-            out: np.ndarray | None = None) -> np.ndarray:
+def distort(
+    images: np.ndarray,
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """The rows of `images` (flattened square images) each randomly distorted; into out
     (which may be images itself) if given."""
     b, n_pixels = images.shape

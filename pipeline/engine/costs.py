@@ -11,8 +11,24 @@ Adding a cost is one class and one line in COSTS.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 from scipy.special import expit
+
+
+class Cost(Protocol):
+    """What a cost class provides (as static methods: the class itself is the cost)."""
+
+    def output(self, z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+    def fn(self, a: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+    def delta(
+        self, a: np.ndarray, onehot: np.ndarray, scale: Scale, out: np.ndarray, scratch: np.ndarray
+    ) -> None: ...
+    def probabilities(self, a: np.ndarray) -> np.ndarray: ...
+
+
+Scale = float | np.ndarray  # a float or a 0-d array of the network's float type
 
 
 class Quadratic:
@@ -25,11 +41,12 @@ class Quadratic:
     @staticmethod
     def fn(a: np.ndarray, y: np.ndarray) -> np.ndarray:
         onehot = np.eye(a.shape[1], dtype=a.dtype)[y]
-        return 0.5 * np.sum((a - onehot) ** 2, axis=1, dtype=np.float64)
+        return np.asarray(0.5 * np.sum((a - onehot) ** 2, axis=1, dtype=np.float64))
 
     @staticmethod
-    def delta(a: np.ndarray, onehot: np.ndarray, scale: float, out: np.ndarray,
-              scratch: np.ndarray) -> None:
+    def delta(
+        a: np.ndarray, onehot: np.ndarray, scale: Scale, out: np.ndarray, scratch: np.ndarray
+    ) -> None:
         """δᴸ = (a − y) ⊙ σ'(zᴸ), σ' = a(1 − a)."""
         np.subtract(a, onehot, out=out)
         t = np.multiply(a, scale, out=scratch)
@@ -63,8 +80,9 @@ class CrossEntropy:
         return -np.log(np.maximum(p, np.finfo(a.dtype).tiny))
 
     @staticmethod
-    def delta(a: np.ndarray, onehot: np.ndarray, scale: float, out: np.ndarray,
-              scratch: np.ndarray) -> None:
+    def delta(
+        a: np.ndarray, onehot: np.ndarray, scale: Scale, out: np.ndarray, scratch: np.ndarray
+    ) -> None:
         """δᴸ = a − y: softmax and log loss cancel σ'."""
         np.subtract(a, onehot, out=out)
         out *= scale
@@ -75,4 +93,4 @@ class CrossEntropy:
         return a / a.sum(axis=1, keepdims=True)  # softmax already sums to 1, up to float32
 
 
-COSTS = {"quadratic": Quadratic, "cross_entropy": CrossEntropy}
+COSTS: dict[str, Cost] = {"quadratic": Quadratic, "cross_entropy": CrossEntropy}

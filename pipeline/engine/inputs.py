@@ -24,19 +24,27 @@ def check_pixels(x, width: int, dtype=np.float32) -> np.ndarray:
     try:
         x = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise InputError(f"expected numbers: rows of {width} pixel values in [0, 1] ({e})") from None
+        raise InputError(
+            f"expected numbers: rows of {width} pixel values in [0, 1] ({e})"
+        ) from None
     if x.ndim == 1 and x.size == width:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != width or len(x) == 0:
-        raise InputError(f"expected rows of {width} pixel values (images of "
-                         f"{int(np.sqrt(width))}×{int(np.sqrt(width))} flattened), got shape {x.shape}")
+        raise InputError(
+            f"expected rows of {width} pixel values (images of "
+            f"{int(np.sqrt(width))}×{int(np.sqrt(width))} flattened), got shape {x.shape}"
+        )
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        raise InputError(f"pixel values must be finite numbers: row {row}, pixel {col} is {x[row, col]}")
+        raise InputError(
+            f"pixel values must be finite numbers: row {row}, pixel {col} is {x[row, col]}"
+        )
     low, high = PIXEL_RANGE
     if x.min() < low or x.max() > high:
         hint = " (divide 0..255 pixels by 255)" if x.max() > high and x.max() <= 255 else ""
-        raise InputError(f"pixel values must be in [{low:g}, {high:g}], as in training: got "
-                         f"values from {x.min():g} to {x.max():g}{hint}")
+        raise InputError(
+            f"pixel values must be in [{low:g}, {high:g}], as in training: got "
+            f"values from {x.min():g} to {x.max():g}{hint}"
+        )
     return x.astype(dtype, copy=False)

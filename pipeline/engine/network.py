@@ -24,13 +24,13 @@ an activation with a column of ones appended in a single matmul.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from .activations import ACTIVATIONS
-from .costs import COSTS
+from .costs import COSTS, Scale
 from .errors import EngineError
 
 # Initial weights w ~ N(0, std²) with std from (n_in, n_out); biases ~ N(0, 1) or 0.
@@ -45,21 +45,33 @@ INITS = {
 class Network:
     """sizes = [784, 16, 16, 10] is the classic network: 13,002 weights and biases."""
 
-    def __init__(self, sizes, activation="sigmoid", cost="quadratic", init="normal",
-                 dtype="float32", rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        sizes,
+        activation="sigmoid",
+        cost="quadratic",
+        init="normal",
+        dtype="float32",
+        rng: np.random.Generator | None = None,
+    ):
         self.sizes = [int(s) for s in sizes]
         if len(self.sizes) < 2 or min(self.sizes) < 1:
             raise EngineError(f"layer sizes {sizes} need an input and an output layer, all ≥1")
-        for value, table, what in ((activation, ACTIVATIONS, "activation"),
-                                   (cost, COSTS, "cost"), (init, INITS, "init")):
+        for value, table, what in (
+            (activation, ACTIVATIONS, "activation"),
+            (cost, COSTS, "cost"),
+            (init, INITS, "init"),
+        ):
             if value not in table:
                 raise EngineError(f"{what}={value!r} is unknown: choose one of {tuple(table)}")
         self.activation, self.cost, self.init = activation, cost, init
         self.sigma, self.C = ACTIVATIONS[activation], COSTS[cost]
         self.dtype = np.dtype(dtype)
         # Block l holds [Wˡ; bˡ]: (n_in + 1) rows of n_out.
-        self._blocks = [((n_in + 1) * n_out, n_in, n_out)
-                        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]
+        self._blocks = [
+            ((n_in + 1) * n_out, n_in, n_out)
+            for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
+        ]
         self.params = np.zeros(sum(b[0] for b in self._blocks), dtype=self.dtype)
         self.blocks = self.split(self.params)
         self.weights = [blk[:-1] for blk in self.blocks]
@@ -67,18 +79,34 @@ class Network:
         self._initialize(rng or np.random.default_rng(0))
 
     @classmethod
-    def from_spec(cls, spec: Mapping, n_inputs: int, n_outputs: int = 10,
-                  dtype: str = "float32", rng: np.random.Generator | None = None) -> "Network":
+    def from_spec(
+        cls,
+        spec: Mapping,
+        n_inputs: int,
+        n_outputs: int = 10,
+        dtype: str = "float32",
+        rng: np.random.Generator | None = None,
+    ) -> Network:
         """The one factory from plain config data: spec holds hidden_sizes, activation, cost
         and init (other keys, such as a preset's name, are ignored)."""
-        return cls([n_inputs, *spec["hidden_sizes"], n_outputs], spec["activation"],
-                   spec["cost"], spec["init"], dtype, rng=rng)
+        return cls(
+            [n_inputs, *spec["hidden_sizes"], n_outputs],
+            spec["activation"],
+            spec["cost"],
+            spec["init"],
+            dtype,
+            rng=rng,
+        )
 
     @property
     def spec(self) -> dict:
         """What from_spec needs to build this network again (plain data)."""
-        return {"hidden_sizes": self.sizes[1:-1], "activation": self.activation,
-                "cost": self.cost, "init": self.init}
+        return {
+            "hidden_sizes": self.sizes[1:-1],
+            "activation": self.activation,
+            "cost": self.cost,
+            "init": self.init,
+        }
 
     # ---- parameters -------------------------------------------------------------------
     @property
@@ -89,7 +117,7 @@ class Network:
         """Views of a flat parameter-shaped array as the per-layer [W; b] blocks."""
         views, offset = [], 0
         for size, n_in, n_out in self._blocks:
-            views.append(flat[offset:offset + size].reshape(n_in + 1, n_out))
+            views.append(flat[offset : offset + size].reshape(n_in + 1, n_out))
             offset += size
         return views
 
@@ -126,7 +154,7 @@ class Network:
 
     def outputs(self, x: np.ndarray, chunk: int = 10000) -> np.ndarray:
         """feedforward over many rows, in chunks to bound memory."""
-        return np.concatenate([self.feedforward(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        return np.concatenate([self.feedforward(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The classification: the index of the brightest output neuron."""
@@ -136,13 +164,15 @@ class Network:
         """Class probabilities (float64 rows summing to 1), the cost's reading of aᴸ."""
         return self.C.probabilities(self.outputs(x))
 
-    def total_cost(self, a: np.ndarray, y: np.ndarray, l2: float = 0.0,
-                   n: int | None = None) -> float:
+    def total_cost(
+        self, a: np.ndarray, y: np.ndarray, l2: float = 0.0, n: int | None = None
+    ) -> float:
         """C = mean of C_x over the rows, plus the L2 penalty (λ/2n) Σ w² when l2 > 0."""
         return float(self.C.fn(a, y).sum()) / len(y) + self.l2_penalty(l2, n or len(y))
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, l2: float = 0.0,
-                 n: int | None = None) -> tuple[float, float]:
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, l2: float = 0.0, n: int | None = None
+    ) -> tuple[float, float]:
         """(cost C, accuracy) over labelled rows."""
         a = self.outputs(x)
         return self.total_cost(a, y, l2, n), float(np.mean(a.argmax(axis=1) == y))
@@ -153,8 +183,9 @@ class Network:
         return l2 / (2 * n) * sum(float(np.sum(w.astype(np.float64) ** 2)) for w in self.weights)
 
     # ---- backward ---------------------------------------------------------------------
-    def gradient(self, x: np.ndarray, y: np.ndarray, l2: float = 0.0,
-                 n: int | None = None) -> np.ndarray:
+    def gradient(
+        self, x: np.ndarray, y: np.ndarray, l2: float = 0.0, n: int | None = None
+    ) -> np.ndarray:
         """∂C/∂params for the mean cost over the rows (x, y), as a flat array.
 
         Runs the same backprop as training (a Workspace), with learning rate 1.
@@ -169,14 +200,25 @@ class Network:
 
     # ---- save / load (npz, never pickle) ----------------------------------------------
     def save(self, path: str | Path) -> None:
-        np.savez(path, sizes=np.array(self.sizes), params=self.params,
-                 activation=self.activation, cost=self.cost, init=self.init)
+        np.savez(
+            path,
+            sizes=np.array(self.sizes),
+            params=self.params,
+            activation=self.activation,
+            cost=self.cost,
+            init=self.init,
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Network":
+    def load(cls, path: str | Path) -> Network:
         with np.load(path, allow_pickle=False) as f:
-            net = cls(f["sizes"].tolist(), str(f["activation"]), str(f["cost"]),
-                      str(f["init"]), dtype=f["params"].dtype)
+            net = cls(
+                f["sizes"].tolist(),
+                str(f["activation"]),
+                str(f["cost"]),
+                str(f["init"]),
+                dtype=f["params"].dtype,
+            )
             net.params[...] = f["params"]
         return net
 
@@ -193,8 +235,15 @@ class Workspace:
     much), and the views a step uses ([aˡ, 1]ᵀ, Wˡᵀ) are made once, here.
     """
 
-    def __init__(self, net: Network, m: int, grad: np.ndarray, dropout_input: float = 0.0,
-                 dropout_hidden: float = 0.0, rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        net: Network,
+        m: int,
+        grad: np.ndarray,
+        dropout_input: float = 0.0,
+        dropout_hidden: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ):
         self.net, self.grad_blocks = net, net.split(grad)
         dt, hidden = net.dtype, net.sizes[1:-1]
         self.a = [np.empty((m, n), dtype=dt) for n in hidden]  # aˡ = σ(zˡ)
@@ -215,12 +264,13 @@ class Workspace:
 
     def _drop(self, a: np.ndarray, mask: np.ndarray, keep: float) -> None:
         """a ⊙= mask, with mask = 1/keep where uniform < keep, else 0 (a fresh draw)."""
+        assert self.rng is not None  # checked when the workspace was made
         self.rng.random(out=mask, dtype=mask.dtype)
         np.less(mask, keep, out=mask, casting="unsafe")
         mask *= 1 / keep
         a *= mask
 
-    def backprop(self, x1: np.ndarray, onehot: np.ndarray, scale: float) -> None:
+    def backprop(self, x1: np.ndarray, onehot: np.ndarray, scale: Scale) -> None:
         """Write scale · Σ_rows ∂C_x/∂params into the gradient buffer.
 
         x1 holds the inputs with a trailing column of ones. With scale = η/m the gradient

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ try:  # optional: the engine needs only numpy and scipy (a logged model has no m
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
-from .augment import AugmentConfig, distort, image_side
+from .augment import TWEAK, AugmentConfig, distort, image_side
 from .errors import DivergenceError, EngineError
 from .network import Network, Workspace, with_ones_column
 
@@ -47,10 +48,19 @@ class SGDConfig:
     schedule: str = "constant"
     step_every: int = 10  # schedule=step: epochs between decays
     gamma: float = 0.5  # schedule=step: η multiplier at each decay
-    warmup_epochs: int = 0  # η rises linearly over these first epochs: η·(e + 1)/(k + 1)
-    dropout_input: float = 0.0  # p: each input pixel dropped with probability p
-    dropout_hidden: float = 0.0  # p: each hidden unit dropped with probability p
-    max_norm: float = 0.0  # c > 0: every unit's incoming weights kept at ‖w‖ ≤ c
+    # The tweaks (metadata "tweak"), all off in the classic recipe:
+    warmup_epochs: int = field(
+        default=0, metadata=TWEAK
+    )  # η rises linearly over these first epochs: η·(e + 1)/(k + 1)
+    dropout_input: float = field(
+        default=0.0, metadata=TWEAK
+    )  # p: each input pixel dropped with probability p
+    dropout_hidden: float = field(
+        default=0.0, metadata=TWEAK
+    )  # p: each hidden unit dropped with probability p
+    max_norm: float = field(
+        default=0.0, metadata=TWEAK
+    )  # c > 0: every unit's incoming weights kept at ‖w‖ ≤ c
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -70,9 +80,16 @@ class SGDConfig:
         return eta
 
 
-def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
-          rng: np.random.Generator, validation: tuple[np.ndarray, np.ndarray] | None = None,
-          on_epoch: Callable[[dict], None] | None = None, evaluate: bool = True) -> list[dict]:
+def train(
+    net: Network,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: SGDConfig,
+    rng: np.random.Generator,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    evaluate: bool = True,
+) -> list[dict]:
     """Train `net` in place; return the per-epoch history (also passed to on_epoch).
 
     Each record: epoch (1-based), learning_rate, epoch_seconds (the SGD steps alone) and,
@@ -90,8 +107,11 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
     augment = config.augment if config.augment.active else None
     if augment is not None:
         image_side(x.shape[1])  # fails early for rows that are not square images
-    dropout = {"dropout_input": config.dropout_input, "dropout_hidden": config.dropout_hidden,
-               "rng": rng}
+    dropout: dict[str, Any] = {
+        "dropout_input": config.dropout_input,
+        "dropout_hidden": config.dropout_hidden,
+        "rng": rng,
+    }
     chunk = max(m, _CHUNK_ROWS // m * m)
     # The rows [x, 1] once, so each chunk is gathered whole: into a contiguous buffer a
     # gather runs about 1.5x faster than into the 784 columns of a [x, 1] buffer.
@@ -115,7 +135,9 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
     history = []
     # Small matrices gain nothing from BLAS threads and lose a lot to oversubscription.
     # Overflow is not warned about: a non-finite weight is caught below and reported.
-    one_thread = threadpool_limits(limits=1, user_api="blas") if threadpool_limits else nullcontext()
+    one_thread = (
+        threadpool_limits(limits=1, user_api="blas") if threadpool_limits else nullcontext()
+    )
     with one_thread, np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(config.epochs):
             eta = config.eta(epoch)
@@ -124,12 +146,12 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
             start = time.perf_counter()
             order = rng.permutation(n)
             for c0 in range(0, n, chunk):
-                idx = order[c0:c0 + chunk]
+                idx = order[c0 : c0 + chunk]
                 # mode="clip" writes straight into `out`; "raise" would buffer a copy.
-                np.take(x1, idx, axis=0, out=x_chunk[:len(idx)], mode="clip")
-                np.take(onehot, idx, axis=0, out=y_chunk[:len(idx)], mode="clip")
+                np.take(x1, idx, axis=0, out=x_chunk[: len(idx)], mode="clip")
+                np.take(onehot, idx, axis=0, out=y_chunk[: len(idx)], mode="clip")
                 if augment is not None:  # the gathered copies, never the data set itself
-                    pixels = x_chunk[:len(idx), :-1]
+                    pixels = x_chunk[: len(idx), :-1]
                     distort(pixels, augment, rng, out=pixels)
                 for xb, yb, workspace in full_chunk if len(idx) == chunk else last_chunk:
                     workspace.backprop(xb, yb, scale=scales[len(xb)])  # grad = η ∇C
@@ -145,8 +167,11 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
                         net.limit_norms(config.max_norm)
                 if not np.isfinite(net.params).all():  # checked per chunk: cheap, and stops at once
                     raise DivergenceError(_diverged(epoch + 1, eta, "a weight"))
-            record = {"epoch": epoch + 1, "learning_rate": eta,
-                      "epoch_seconds": time.perf_counter() - start}
+            record = {
+                "epoch": epoch + 1,
+                "learning_rate": eta,
+                "epoch_seconds": time.perf_counter() - start,
+            }
             if evaluate:
                 record["train_cost"], record["train_accuracy"] = net.evaluate(x, y, config.l2, n)
                 if not math.isfinite(record["train_cost"]):
@@ -160,5 +185,7 @@ def train(net: Network, x: np.ndarray, y: np.ndarray, config: SGDConfig,
 
 
 def _diverged(epoch: int, eta: float, what: str) -> str:
-    return (f"training diverged: {what} became NaN or infinite in epoch {epoch} at learning "
-            f"rate η={eta:g}. Lower train.learning_rate (or use a smaller init scale).")
+    return (
+        f"training diverged: {what} became NaN or infinite in epoch {epoch} at learning "
+        f"rate η={eta:g}. Lower train.learning_rate (or use a smaller init scale)."
+    )

@@ -1,0 +1,434 @@
+"""Stage `analyze`: what the network actually learned, shown the way the classic lesson does.
+
+For one trained run (analyze.run_id, default: the latest finished classic run of ours) it
+reproduces each experiment on the same data and logs every figure and number to a new
+`analysis` run that links back (tag analyzed_run_id), with a report, analysis.md:
+
+1. first-layer weights as 28×28 images (positive green, negative red, brightness ∝ |w|);
+2. the noise test: top output activation on uniform noise, blank and inverted digits vs
+   real test digits, and the fraction of each classified with a top output ≥ 0.9;
+3. random labels: the same network trained on shuffled training labels next to the true
+   labels (train accuracy per epoch), plus a wider network on a subset that memorises them;
+4. learning rates (cost curves) and seeds (test accuracy spread over several seeds);
+5. gradient magnitudes: mean |∂C/∂w| per layer and a 28×28 map of the first layer's;
+6. accuracy against size: the mean test accuracy of every recipe (model.name) of ours in the
+   experiment against its parameter count, from the classic 13,002 up to the widest.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipeline.data import dataset
+from pipeline.engine import DivergenceError, Network, SGDConfig, train
+from pipeline.errors import PipelineError
+from pipeline.families.numpy_mlp import build_network, sgd_config
+from pipeline.logs import redact
+from pipeline.tracking import identity, runs, store
+from pipeline.tracking.report import Report
+
+log = logging.getLogger(__name__)
+CONFIDENT = 0.9
+
+
+def run(cfg, results: dict) -> str:
+    experiment_id = store.setup(cfg)
+    run_id = cfg.analyze.run_id or latest_run_id(experiment_id, cfg.analyze.model_name)
+    try:
+        source = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise PipelineError(
+            f"analyze: no run {run_id} in {redact(store.tracking_uri(cfg))}"
+        ) from None
+    if source.data.tags.get("model_family") != "numpy_mlp":
+        raise PipelineError(
+            f"analyze: run {run_id} is not a run of this project's network "
+            "(tag model_family=numpy_mlp); name one with analyze.run_id=<id>"
+        )
+    run_cfg = identity.logged_config(cfg, run_id)
+    net = Network.load(
+        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/artifacts/network.npz")
+    )
+    data = dataset.load(run_cfg)
+    a = cfg.analyze
+    recipe = source.data.tags.get("model_name", "")
+    link = f"#/experiments/{source.info.experiment_id}/runs/{run_id}"
+    tags = {
+        "kind": "analysis",
+        "analyzed_run_id": run_id,
+        "git_commit": identity.git_commit(),
+        "mlflow.note.content": (
+            f"What the network of run [{source.info.run_name}]({link}) learned: first-layer "
+            "weights, the noise test, random labels, learning rates, seeds and gradient "
+            "magnitudes. Open the report: artifacts → report/analysis.html."
+        ),
+    }
+    with (
+        runs.run(cfg, run_name=f"analysis of {source.info.run_name}", tags=tags) as active,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        mlflow.log_params(
+            {
+                "analyzed_run_id": run_id,
+                "analyzed_run_name": source.info.run_name,
+                "analyzed_recipe": recipe,
+                "analyzed_test_accuracy": source.data.metrics.get("test_accuracy"),
+                "analyzed_val_accuracy": source.data.metrics.get("val_accuracy"),
+            }
+        )
+        report = Report(Path(tmp), run_id)
+        rng = np.random.default_rng(cfg.seed)
+        first_layer_weights(net, report)
+        noise_test(net, data, a.noise_images, rng, report)
+        random_labels(run_cfg, data, a, report)
+        learning_rates(run_cfg, data, a, report)
+        seeds(run_cfg, data, a, report)
+        gradient_magnitudes(net, data, report)
+        accuracy_by_size(experiment_id, report)
+        report.log()
+        log.info("analyze: run %s analysed in run %s", run_id, active.info.run_id)
+        return active.info.run_id
+
+
+def latest_run_id(experiment_id: str, model_name: str) -> str:
+    """The newest finished top-level training run of ours with recipe `model_name`: never
+    a sweep's child (whose recipe may be overridden) unless named by id."""
+    runs = mlflow.search_runs(
+        [experiment_id],
+        "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
+        f"and tags.kind = 'training' and tags.model_name = '{model_name}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if "tags.mlflow.parentRunId" in runs:
+        runs = runs[runs["tags.mlflow.parentRunId"].isna()]
+    if runs.empty:
+        raise PipelineError(
+            f"analyze: no finished {model_name!r} run of ours to analyse: "
+            "run `make run` first, or name one with analyze.run_id=<id>"
+        )
+    return runs.run_id.iloc[0]
+
+
+def first_layer_weights(net: Network, report: Report) -> np.ndarray:
+    """Each hidden neuron's incoming weights as an RGB image: green > 0, red < 0."""
+    w = net.weights[0]
+    side = int(round(np.sqrt(w.shape[0])))
+    images = weight_images(w.T.reshape(-1, side, side))
+    columns = min(8, len(images))
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(f"neuron {i}", fontsize=7)
+    fig.suptitle("First-layer weights (green +, red −, brightness ∝ |w|)", fontsize=9)
+    fig.tight_layout()
+    report.section(
+        "First-layer weights",
+        "Each hidden neuron's incoming weights drawn as an "
+        "image. The classic finding: they look closer to noise than to clean "
+        "strokes or edges, yet together they classify well.",
+    )
+    report.figure(fig, "first_layer_weights.png", "first-layer weights")
+    return images
+
+
+def weight_images(weights: np.ndarray) -> np.ndarray:
+    """(n, h, w) weights → (n, h, w, 3) RGB in [0, 1], each image scaled by its own max |w|."""
+    scale = np.abs(weights).max(axis=(1, 2), keepdims=True)
+    scaled = weights / np.where(scale > 0, scale, 1)
+    rgb = np.zeros((*weights.shape, 3))
+    rgb[..., 1] = np.clip(scaled, 0, 1)
+    rgb[..., 0] = np.clip(-scaled, 0, 1)
+    return rgb
+
+
+def noise_test(net: Network, data, n: int, rng: np.random.Generator, report: Report) -> dict:
+    """Top output activation on inputs that are not digits vs on real test digits."""
+    x_test = data.x("test")
+    inputs = {
+        "test digits": x_test[:n],
+        "uniform noise": rng.random((n, x_test.shape[1]), dtype=np.float32),
+        "blank": np.zeros((1, x_test.shape[1]), dtype=np.float32),
+        "inverted digits": 1 - x_test[:n],
+    }
+    tops = {name: net.feedforward(x).max(axis=1) for name, x in inputs.items()}
+    fractions = {name: float(np.mean(top >= CONFIDENT)) for name, top in tops.items()}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = list(np.linspace(0, 1, 41))
+    for name, top in tops.items():
+        if len(top) > 1:
+            ax.hist(
+                top, bins=bins, alpha=0.5, label=f"{name} ({fractions[name]:.0%} ≥ {CONFIDENT})"
+            )
+        else:
+            ax.axvline(top[0], color="k", linestyle=":", label=f"{name}: {top[0]:.2f}")
+    ax.set_xlabel("top output activation")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    report.section(
+        "Noise test",
+        "The brightest output neuron on images that are not digits. "
+        "A network that only ever saw digits has no way to say 'none of these'.",
+    )
+    report.figure(fig, "noise_confidence.png", "top output activation")
+    report.metrics(
+        {
+            "noise_confident_fraction": fractions["uniform noise"],
+            "inverted_confident_fraction": fractions["inverted digits"],
+            "blank_top_output": float(tops["blank"][0]),
+            "digits_confident_fraction": fractions["test digits"],
+        }
+    )
+    return fractions
+
+
+def _train_curve(run_cfg, x, y, *, seed=None, validation=None, **overrides):
+    """Train a network of the run's config on (x, y); return (net, history)."""
+    rng = np.random.default_rng(run_cfg.seed if seed is None else seed)
+    net = build_network(run_cfg, x.shape[1], rng)
+    return net, train(net, x, y, sgd_config(run_cfg, **overrides), rng, validation=validation)
+
+
+def random_labels(run_cfg, data, a, report: Report) -> dict:
+    """Train accuracy per epoch on true vs shuffled labels: the run's network on all the
+    training data, and a wider network on a subset, which memorises the random labels."""
+    x, y = data.x("train"), data.y("train")
+    rng = np.random.default_rng(int(run_cfg.data.split_seed))
+    shuffled = dataset.shuffle_labels(y, 1.0, rng)
+    curves, out = {}, {}
+    for label, labels in (("true labels", y), ("shuffled labels", shuffled)):
+        net, history = _train_curve(run_cfg, x, labels, epochs=a.memorize_epochs)
+        curves[("same network", label)] = [r["train_accuracy"] for r in history]
+        if label == "shuffled labels":
+            out["shuffled_train_accuracy"] = history[-1]["train_accuracy"]
+            out["shuffled_test_accuracy"] = net.evaluate(data.x("test"), data.y("test"))[1]
+        else:
+            out["true_label_train_accuracy"] = history[-1]["train_accuracy"]
+    n = min(a.memorize_subset, len(y))
+    # The wide network trains the modern way, which memorises fastest.
+    wide = {
+        "hidden_sizes": list(a.memorize_hidden),
+        "activation": "relu",
+        "cost": "cross_entropy",
+        "init": "he",
+    }
+    sizes = [x.shape[1], *a.memorize_hidden, 10]
+    for label, labels in (("true labels", y[:n]), ("shuffled labels", shuffled[:n])):
+        rng_net = np.random.default_rng(run_cfg.seed)
+        net = Network.from_spec(wide, x.shape[1], rng=rng_net)
+        history = train(
+            net,
+            x[:n],
+            labels,
+            SGDConfig(
+                epochs=a.memorize_wide_epochs, batch_size=32, learning_rate=0.05, momentum=0.9
+            ),
+            rng_net,
+        )
+        curves[(f"wide {'-'.join(map(str, sizes))}, {n} images", label)] = [
+            r["train_accuracy"] for r in history
+        ]
+        if label == "shuffled labels":
+            out["wide_shuffled_train_accuracy"] = history[-1]["train_accuracy"]
+            out["wide_shuffled_test_accuracy"] = net.evaluate(data.x("test"), data.y("test"))[1]
+    for (network, label), curve in curves.items():
+        width = "wide" if network.startswith("wide") else "same"
+        key = f"{width}_{label.split()[0]}_labels_train_accuracy"
+        for epoch, value in enumerate(curve, 1):
+            mlflow.log_metric(key, value, step=epoch)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, network in zip(axes, dict.fromkeys(k[0] for k in curves)):
+        for label in ("true labels", "shuffled labels"):
+            curve = curves[(network, label)]
+            ax.plot(range(1, len(curve) + 1), curve, label=label)
+        ax.axhline(0.1, color="gray", linestyle=":", label="chance")
+        ax.set(title=network, xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    report.section(
+        "Random labels",
+        "The same training on labels shuffled at random. True "
+        "labels are learned fast; random ones are learned slowly and only by "
+        "memorising, which a network with enough parameters can do. Test accuracy "
+        "on random labels stays at chance.",
+    )
+    report.figure(fig, "random_labels.png", "training accuracy, true vs shuffled labels")
+    report.metrics(out)
+    return out
+
+
+def learning_rates(run_cfg, data, a, report: Report) -> dict:
+    """Training cost per epoch for several learning rates."""
+    x, y = data.x("train"), data.y("train")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    finals = {}
+    for eta in a.learning_rates:
+        try:
+            _, history = _train_curve(run_cfg, x, y, learning_rate=float(eta), epochs=a.lr_epochs)
+        except DivergenceError:
+            finals[eta] = float("nan")
+            ax.plot([], [], label=f"η = {eta:g}: diverged")
+            continue
+        costs = [r["train_cost"] for r in history]
+        finals[eta] = costs[-1]
+        ax.plot(range(1, len(costs) + 1), costs, marker=".", label=f"η = {eta:g}")
+    ax.set(
+        xlabel="epoch",
+        ylabel="training cost",
+        yscale="log",
+        title="Too small: slow. Too large: overshoot and plateaus.",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    report.section("Learning rate", "The training cost per epoch at several learning rates η.")
+    report.figure(fig, "learning_rates.png", "training cost per learning rate")
+    report.metrics({f"final_train_cost_eta_{eta:g}": c for eta, c in finals.items()})
+    return finals
+
+
+def seeds(run_cfg, data, a, report: Report) -> np.ndarray:
+    """Test accuracy of the run's config trained from several seeds."""
+    accuracies = np.array(
+        [
+            _train_curve(run_cfg, data.x("train"), data.y("train"), seed=seed)[0].evaluate(
+                data.x("test"), data.y("test")
+            )[1]
+            for seed in range(a.seeds)
+        ]
+    )
+    spread = accuracies.std(ddof=1) if len(accuracies) > 1 else 0.0
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(accuracies)), accuracies, "o")
+    ax.axhline(
+        accuracies.mean(),
+        color="gray",
+        linestyle="--",
+        label=f"mean {accuracies.mean():.4f} ± {spread:.4f}",
+    )
+    ax.set(xlabel="seed", ylabel="test accuracy", title="Same config, different seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    report.section(
+        "Seeds",
+        "Different random starts end in different minima of similar "
+        "quality: the spread of test accuracy over seeds is small.",
+    )
+    report.figure(fig, "seeds.png", "test accuracy per seed")
+    report.metrics(
+        {
+            "seed_test_accuracy_mean": float(accuracies.mean()),
+            "seed_test_accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+            "seed_test_accuracy_min": float(accuracies.min()),
+            "seed_test_accuracy_max": float(accuracies.max()),
+        }
+    )
+    return accuracies
+
+
+def gradient_magnitudes(net: Network, data, report: Report, n: int = 1000) -> tuple:
+    """Mean |∂C/∂w| per layer over n test images, and the first layer's as a pixel map."""
+    x, y = data.x("test")[:n], data.y("test")[:n]
+    magnitude = np.abs(net.gradient(x, y))
+    blocks = net.split(magnitude)
+    per_layer = [float(block[:-1].mean()) for block in blocks]
+    side = int(round(np.sqrt(x.shape[1])))
+    pixel_map = blocks[0][:-1].mean(axis=1).reshape(side, side)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].bar([f"layer {l + 1}" for l in range(len(per_layer))], per_layer)
+    axes[0].set(yscale="log", ylabel="mean |∂C/∂w|", title="Gradient size per layer")
+    image = axes[1].imshow(pixel_map, cmap="magma")
+    axes[1].set_title("First layer: mean |∂C/∂w| per input pixel")
+    axes[1].axis("off")
+    fig.colorbar(image, ax=axes[1])
+    fig.tight_layout()
+    report.section(
+        "Gradient magnitudes",
+        "How strongly the cost reacts to each layer's "
+        "weights, and which pixels' weights matter (the border pixels are always "
+        "blank, so their weights get no gradient at all).",
+    )
+    report.figure(fig, "gradient_magnitudes.png", "gradient magnitudes")
+    report.metrics({f"grad_mean_abs_layer{l + 1}": v for l, v in enumerate(per_layer)})
+    return per_layer, pixel_map
+
+
+def accuracy_by_size(experiment_id: str, report: Report) -> pd.DataFrame:
+    """Mean test accuracy of each recipe of ours (finished top-level training runs, grouped
+    by model name and parameter count) against its number of weights and biases."""
+    runs = mlflow.search_runs(
+        [experiment_id],
+        "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
+        "and tags.kind = 'training'",
+    )
+    # Columns absent from the search (no such runs, or runs from before n_params) are NaN.
+    runs = runs.reindex(
+        columns=[
+            "tags.mlflow.parentRunId",
+            "tags.model_name",
+            "tags.n_params",
+            "metrics.test_accuracy",
+        ]
+    )
+    runs = runs[runs["tags.mlflow.parentRunId"].isna()]
+    runs = runs.dropna(subset=["metrics.test_accuracy", "tags.n_params"])
+    table = (
+        runs.assign(n_params=runs["tags.n_params"].astype(int))
+        .groupby(["tags.model_name", "n_params"])["metrics.test_accuracy"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+        .rename(
+            columns={
+                "tags.model_name": "recipe",
+                "mean": "test_accuracy_mean",
+                "std": "test_accuracy_std",
+                "count": "runs",
+            }
+        )
+        .sort_values("n_params")
+    )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(
+        table.n_params,
+        table.test_accuracy_mean,
+        yerr=table.test_accuracy_std.fillna(0),
+        fmt="o",
+        capsize=3,
+    )
+    for row in table.itertuples():
+        ax.annotate(
+            f"{row.recipe} ({row.runs})",
+            (row.n_params, row.test_accuracy_mean),
+            textcoords="offset points",
+            xytext=(5, -10),
+            fontsize=8,
+        )
+    ax.set(
+        xscale="log",
+        xlabel="weights and biases",
+        ylabel="mean test accuracy",
+        title="Accuracy against size, per recipe (runs in brackets)",
+    )
+    sizes = sorted(table.n_params.unique())  # ticks at the recipes' sizes, not 10ⁿ
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.margins(x=0.15, y=0.1)
+    fig.tight_layout()
+    report.section(
+        "Accuracy against size",
+        "Every recipe of ours trained in this experiment "
+        "(finished top-level runs, grouped by model name): mean test accuracy "
+        "over its runs (bars: one standard deviation) against its parameter count.",
+    )
+    report.figure(fig, "accuracy_by_size.png", "test accuracy against parameter count")
+    report.table(table, "accuracy_by_size.csv")
+    return table

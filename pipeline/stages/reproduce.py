@@ -1,0 +1,151 @@
+"""Stage `reproduce` (`make reproduce RUN_ID=<id>`): rerun a logged training run from its
+logged config and say, metric by metric, whether the rerun matches it.
+
+A seed fixes a run bit for bit on the same lock file and BLAS kernel. So when a metric
+differs, the environments are compared too (the env.* tags: package versions, lock, BLAS
+library and kernel, CPU, Python): a different kernel explains last-bit differences that
+SGD grows into different accuracies; to reproduce such a run here, pin its kernel with
+OPENBLAS_CORETYPE=<its env.blas_kernel>. The rerun is a run of its own (tag
+kind=reproduction, reproduces=<id>) holding the comparison as reproduction.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from pipeline import families
+from pipeline.data import dataset, download
+from pipeline.errors import PipelineError
+from pipeline.families import training
+from pipeline.logs import redact
+from pipeline.tracking import identity, store
+
+log = logging.getLogger(__name__)
+TIMINGS = ("epoch_seconds", "train_seconds")  # wall-clock: never expected to match
+
+
+def run(cfg, results: dict) -> pd.DataFrame:
+    run_id = cfg.reproduce.run_id  # its form is checked with the config (config.RUN_ID)
+    if not run_id:
+        raise PipelineError(
+            "reproduce.run_id is not set: make reproduce RUN_ID=<id> (a training "
+            "run's id, as the MLflow UI shows it)"
+        )
+    store.setup(cfg)
+    client = mlflow.MlflowClient()
+    try:
+        original = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(
+            f"reproduce: no run {run_id} in {redact(store.tracking_uri(cfg))}"
+        ) from None
+    family = original.data.tags.get("model_family")
+    if family not in families.FAMILIES:
+        raise PipelineError(
+            f"reproduce: run {run_id} is not a training run (tag model_family "
+            f"is {family!r}); name a run of ours or of the baseline"
+        )
+    run_cfg = rerun_config(cfg, run_id)
+    download.fetch_all(run_cfg)
+    dataset.prepare(run_cfg)
+    rerun_id = training.train(families.get(family), run_cfg, dataset.load(run_cfg))
+    rerun = client.get_run(rerun_id)
+
+    table = metric_table(client, original, rerun)
+    differing_env = {
+        k: (original.data.tags.get(k, "(not recorded)"), v)
+        for k, v in sorted(rerun.data.tags.items())
+        if k.startswith("env.") and original.data.tags.get(k) != v
+    }
+    text = report(run_id, rerun_id, table, differing_env)
+    print(text)
+    client.log_text(rerun_id, text, "reproduction.md")  # the finished rerun is not reopened
+    return table
+
+
+def rerun_config(cfg, run_id: str):
+    """The run's logged config, with this machine's data paths and no sweep bookkeeping."""
+    run_cfg = identity.logged_config(cfg, run_id)
+    run_cfg.tracking.parent_run_id = None
+    run_cfg.tracking.skip_finished = False
+    run_cfg.tracking.experiment = cfg.tracking.experiment
+    run_cfg.tracking.tags = {"kind": "reproduction", "reproduces": run_id}
+    return run_cfg
+
+
+def metric_table(client, original, rerun) -> pd.DataFrame:
+    """One row per metric the original logged: its value, the rerun's, and the verdict."""
+    rows = []
+    for key in sorted(original.data.metrics):
+        ours = original.data.metrics[key]
+        theirs = rerun.data.metrics.get(key)
+        if theirs is None:
+            verdict = "not rerun (logged by a later stage)"
+        elif key in TIMINGS:
+            verdict = "timing: not compared"
+        else:
+            history = [m.value for m in client.get_metric_history(original.info.run_id, key)]
+            rerun_history = [m.value for m in client.get_metric_history(rerun.info.run_id, key)]
+            if history == rerun_history:
+                verdict = "identical" + (
+                    f" (all {len(history)} epochs)" if len(history) > 1 else ""
+                )
+            else:
+                epoch = next(
+                    (
+                        i + 1
+                        for i, (a, b) in enumerate(zip(history, rerun_history))
+                        if not _same(a, b)
+                    ),
+                    min(len(history), len(rerun_history)) + 1,
+                )
+                verdict = (
+                    f"DIFFERS from epoch {epoch}, " if len(history) > 1 else "DIFFERS, "
+                ) + f"final by {theirs - ours:+.3g}"
+        rows.append({"metric": key, "original": ours, "rerun": theirs, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def report(run_id: str, rerun_id: str, table: pd.DataFrame, differing_env: dict) -> str:
+    compared = table[~table.verdict.str.startswith(("timing", "not rerun"))]
+    differs = compared[compared.verdict.str.startswith("DIFFERS")]
+    lines = [
+        f"# Reproduction of run {run_id}",
+        "",
+        f"Rerun: {rerun_id}",
+        "",
+        table.to_markdown(index=False, floatfmt=".6g"),
+        "",
+    ]
+    if differs.empty:
+        lines.append(f"Reproduced: all {len(compared)} compared metrics are identical.")
+    else:
+        lines.append(f"NOT reproduced: {len(differs)} of {len(compared)} compared metrics differ.")
+    if differing_env:
+        lines += [
+            "",
+            "What differs between the two environments:",
+            "",
+            pd.DataFrame(
+                [{"tag": k, "original": a, "rerun": b} for k, (a, b) in differing_env.items()]
+            ).to_markdown(index=False),
+        ]
+        kernel = differing_env.get("env.blas_kernel")
+        if kernel:
+            lines += [
+                "",
+                f"To rerun on the original's BLAS kernel: OPENBLAS_CORETYPE={kernel[0]} "
+                f"make reproduce RUN_ID={run_id}",
+            ]
+    else:
+        lines += ["", "The environments match (versions, lock, BLAS kernel, CPU, Python)."]
+    return "\n".join(lines)

@@ -1,0 +1,291 @@
+"""Stage `sweep`: a Hydra multirun as one MLflow parent run with a child run per job.
+
+`SweepCallback` (named in conf/sweep/*.yaml) runs in the launching process:
+- before any job starts, it creates the SQLite database, the experiment and the parent run
+  (parallel jobs on a fresh database would otherwise race on table creation), and writes
+  the parent's id into the sweep folder, where each job reads it;
+- when every job has ended, it summarises the children on the parent (tracking/parents.py)
+  and registers the best if it beats the champion. The multirun exits non-zero if any job
+  failed (or the parent could not be made), after its summary.
+Each job is the app's own run (app.py) with the parent's id, its label and resume on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import interrupts, logs
+from pipeline.config import plain
+from pipeline.tracking import identity, parents, store
+
+log = logging.getLogger(__name__)
+PARENT_FILE = "parent_run_id"
+
+
+RESULT_FILE = "result.json"
+
+
+# Settings every training run's name already shows (describe.run_name).
+_NAMED = {"model.hidden_sizes", "model.activation", "train.learning_rate", "train.batch_size"}
+
+
+def run_label(overrides) -> str | None:
+    """A sweep job's model and training overrides that its run name does not show yet,
+    e.g. 'cost=cross_entropy l2=5.0' or 'ablation=elastic', so that the children of a sweep
+    differ by name."""
+    shown = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith(("model.", "train.")) and key not in _NAMED:
+            shown.append(f"{key.split('.', 1)[1]}={value}")
+        elif key == "ablation":  # a config group that switches tweaks off (conf/ablation/)
+            shown.append(f"{key}={value}")
+    return " ".join(shown) or None
+
+
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    path = Path(sweep_dir) / PARENT_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def write_job_result(output_dir: str | Path, result: dict) -> None:
+    Path(output_dir, RESULT_FILE).write_text(json.dumps(result, indent=2))
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Workers start after this: one BLAS thread each, or 2 jobs × N threads fight for cores.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
+        # Ctrl-C or SIGTERM to the launcher stops its workers first (each closes its run
+        # KILLED); then the app closes the parent (app.stopped).
+        interrupts.install(
+            before_raising=lambda signum: interrupts.stop_descendants(
+                signum, first=store.running_pids(parent_run_id(config.hydra.sweep.dir))
+            )
+        )
+        if "ray" in str(OmegaConf.select(config, "hydra.launcher._target_") or ""):
+            keep_sigterm_from_ray()
+        logs.redact_all_handlers()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            parent = open_parent(config, sweep_dir)
+        except Exception as e:  # noqa: BLE001 — Hydra would only warn and run every job
+            log.error(
+                "sweep: cannot create the parent run in %s: %s: %s. Nothing was run; "
+                "check MLFLOW_TRACKING_URI (is the server up? is the store writable?)",
+                logs.redact(store.tracking_uri(config)),
+                type(e).__name__,
+                str(e)[:500],
+            )
+            sys.exit(1)
+        (sweep_dir / PARENT_FILE).write_text(parent)
+        log.info("sweep: parent run %s", parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        parent = parent_run_id(sweep_dir)
+        results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"))]
+        failed = [r for r in results if r["status"] != "ok"]
+        if parent is None:  # Hydra turns an exception here into a warning: exit instead
+            log.error(
+                "sweep: no parent run (see the error above); %d jobs, %d failed",
+                len(results),
+                len(failed),
+            )
+            sys.exit(1)
+        status = "FINISHED" if len(failed) < len(results) else "FAILED"
+        try:
+            store.setup(config)
+            table = parents.summarize(parent, results)
+            parents.register_best(config, parent, table)
+        except Exception as e:  # noqa: BLE001
+            status = "FAILED"
+            log.error(
+                "sweep: could not summarise on parent run %s: %s: %s",
+                parent,
+                type(e).__name__,
+                str(e)[:500],
+            )
+            failed.append({"overrides": ["(summary)"], "error": str(e)})
+            table = None
+        finally:  # never leave the parent RUNNING
+            try:
+                mlflow.MlflowClient().set_terminated(parent, status)
+            except Exception as e:  # noqa: BLE001
+                log.error("sweep: could not close parent run %s: %s", parent, e)
+        log.info(
+            "sweep: %d jobs, %d failed; summary on parent run %s", len(results), len(failed), parent
+        )
+        if table is not None:
+            shown = table.drop(columns=["run_id", "run_name", "failure_reason"]).dropna(
+                axis=1, how="all"
+            )
+            print(shown.to_string(index=False))
+        if failed:  # a script must notice: exit non-zero, after the summary
+            word = "all" if len(failed) == len(results) else f"{len(failed)} of"
+            log.error(
+                "sweep: %s %d jobs failed; see the FAILED child runs of parent run %s "
+                "(tag failure_reason):\n  %s",
+                word,
+                len(results),
+                parent,
+                "\n  ".join(
+                    f"{' '.join(r['overrides'])}: {r.get('error', '')[:300]}" for r in failed
+                ),
+            )
+            sys.exit(1)
+
+
+def keep_sigterm_from_ray() -> None:
+    """ray.init (in hydra-ray-launcher) replaces the launcher's SIGTERM handler with Ray's,
+    which kills the local cluster and exits 1 with the runs left RUNNING, and installs a
+    C-level one in its workers that dies with a stack dump. Keep ours in both: the workers
+    are told by environment, the launcher by making Ray's setter a no-op (Ray has no
+    option for it; this process only)."""
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:  # the ray extra is not installed: Hydra will say so
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+
+
+def preset_name(config) -> str:
+    """The sweep preset (conf/sweep/<name>.yaml) this multirun was started with."""
+    return str(OmegaConf.select(config, "hydra.runtime.choices.sweep") or "custom")
+
+
+def swept(config) -> dict[str, str]:
+    """What the sweep varies: the preset's grid and the command line's comma lists."""
+    grid = {
+        str(k): str(v) for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()
+    }
+    for override in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key, _, value = str(override).partition("=")
+        if "," in value and not key.startswith("hydra"):
+            grid[key] = value
+    return grid
+
+
+# What a comparison in a sweep holds fixed unless the sweep varies it.
+_COMPARED = (
+    "model.hidden_sizes",
+    "model.activation",
+    "model.cost",
+    "model.init",
+    "train.epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.momentum",
+    "train.l2",
+    "train.schedule",
+    "seed",
+)
+
+
+def held_fixed(config, grid: dict) -> str:
+    """The settings the sweep does not vary, e.g. 'model.cost=quadratic, train.epochs=30,
+    …; model.init per activation: sigmoid scaled, relu he'. A setting a preset takes from
+    sweep.init / sweep.eta is named as per activation (and per step), not as fixed."""
+    fixed, per_activation = [], []
+    for key in _COMPARED:
+        if key in grid:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        raw = (
+            plain(OmegaConf.select(config, parent_key), resolve=False)[leaf] if parent_key else None
+        )
+        if isinstance(raw, str) and raw.startswith("${sweep."):
+            table = plain(config.sweep.init if leaf == "init" else config.sweep.eta)
+            per_activation.append(
+                f"{key} per activation: "
+                + ", ".join(
+                    f"{a} {v if leaf == 'init' else '/'.join(f'{x:g}' for x in v.values())}"
+                    for a, v in table.items()
+                )
+            )
+        else:
+            fixed.append(f"{key}={plain(OmegaConf.select(config, key), resolve=False)}")
+    return "; ".join([", ".join(fixed), *per_activation])
+
+
+def task_overrides(config) -> list[str]:
+    """The sweep's command-line overrides of the pipeline's settings (not Hydra's or paths)."""
+    return sorted(
+        str(o)
+        for o in OmegaConf.select(config, "hydra.overrides.task") or []
+        if not str(o).startswith(("hydra", "paths."))
+    )
+
+
+def sweep_key(config) -> str:
+    """What makes two sweeps the same: preset, grid, overrides, the values held fixed as
+    they resolve (an edited preset file changes them) and the code and lock. A rerun with
+    the same key resumes the parent; any difference starts a new one."""
+    grid = swept(config)
+    same = [
+        preset_name(config),
+        grid,
+        task_overrides(config),
+        held_fixed(config, grid),
+        identity.code_digest(),
+    ]
+    return hashlib.sha256(json.dumps(same).encode()).hexdigest()[:16]
+
+
+def open_parent(config, sweep_dir: Path) -> str:
+    """The sweep's parent run: the one of an earlier run of the same sweep (sweep_key, in
+    the same experiment), reopened, so that a resumed sweep keeps one parent with all its
+    children; else a new one, named after the preset."""
+    experiment_id = store.setup(config)
+    client = mlflow.MlflowClient()
+    preset, grid = preset_name(config), swept(config)
+    key = sweep_key(config)
+    tags = {
+        "kind": "sweep",
+        "sweep_key": key,
+        "sweep_preset": preset,
+        "sweep_dir": str(sweep_dir.resolve()),
+        "git_commit": identity.git_commit(),
+        **store.process_tags(),
+    }
+    earlier = client.search_runs(
+        [experiment_id],
+        f"tags.kind = 'sweep' and tags.sweep_key = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if earlier:
+        parent = earlier[0].info.run_id
+        client.update_run(parent, status="RUNNING")
+        for name, value in tags.items():
+            client.set_tag(parent, name, value)
+        log.info("sweep: resuming parent run %s (%s)", parent, earlier[0].info.run_name)
+        return parent
+    grid_text = ", ".join(f"{k}={v}" for k, v in grid.items()) or "no grid"
+    fixed = held_fixed(config, grid)
+    tags["mlflow.note.content"] = (
+        f"Sweep `{preset}` (conf/sweep/{preset}.yaml): {grid_text}. Held fixed: {fixed}. "
+        "Each child is one config (ours and, if on, scikit-learn's MLPClassifier); the summary "
+        "(summary/results.md, plots) and the best child of each family are logged here when "
+        "the sweep ends."
+    )
+    run = client.create_run(experiment_id, run_name=f"sweep {preset}", tags=tags)
+    client.log_param(run.info.run_id, "sweep.held_fixed", fixed[:6000])
+    for name, value in grid.items():
+        client.log_param(run.info.run_id, f"sweep.{name}", value[:6000])
+    if overrides := task_overrides(config):
+        client.log_param(run.info.run_id, "sweep.overrides", " ".join(overrides)[:6000])
+    return run.info.run_id

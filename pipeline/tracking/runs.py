@@ -1,0 +1,165 @@
+"""Runs: opened and closed honestly (FINISHED, FAILED or KILLED with the reason), metrics
+refused when not finite, and what every training run logs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+
+import mlflow
+from mlflow.data.numpy_dataset import from_numpy
+from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
+
+from pipeline import interrupts
+from pipeline.config import plain
+from pipeline.engine import DivergenceError
+from pipeline.errors import RunStopped
+from pipeline.logs import redact
+from pipeline.tracking import describe, store
+from pipeline.tracking.environment import environment_tags
+from pipeline.tracking.identity import config_hash, git_commit, resume_key
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_RUNS: list[str] = []  # the runs of this process a stop signal ended KILLED
+
+
+@contextmanager
+def run(cfg, *, run_name: str | None = None, run_id: str | None = None, tags: dict | None = None):
+    """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`,
+    or KILLED: stopped by a signal (interrupts.Interrupted, Ctrl-C) with that reason as
+    `failure_reason`, or on purpose (errors.RunStopped) with tag `stopped_reason`.
+
+    A new run is tagged with its process (host, pid), so that if the process dies without
+    closing it, the next process on the store marks it KILLED (reap_orphans).
+    """
+    experiment_id = store.setup(cfg)
+    parent = None if run_id else cfg.tracking.get("parent_run_id")
+    if run_id is None:
+        tags = {**(tags or {}), **store.process_tags()}
+    with mlflow.start_run(
+        run_id=run_id,
+        run_name=run_name,
+        experiment_id=experiment_id,
+        tags=tags,
+        parent_run_id=parent,
+    ) as active:
+        try:
+            yield active
+        except RunStopped as e:
+            _end(
+                active,
+                "KILLED",
+                {
+                    "stopped_reason": str(e)[:5000],  # and the name says it
+                    "mlflow.runName": f"{active.info.run_name} · {e.label}",
+                },
+            )
+            raise
+        except KeyboardInterrupt as e:  # interrupts.Interrupted: a stop signal
+            _end(active, "KILLED", {"failure_reason": interrupts.reason(e)})
+            INTERRUPTED_RUNS.append(active.info.run_id)
+            raise
+        except BaseException as e:
+            _end(active, "FAILED", {"failure_reason": redact(f"{type(e).__name__}: {e}")[:5000]})
+            raise
+
+
+def _end(active, status: str, tags: dict[str, str]) -> None:
+    """Tag the active run and end it with `status`. A store that refuses (a full disk, a
+    server gone) is logged; the run then stays RUNNING in the store until the next process
+    on this machine closes it (reap_orphans), but this process has let go of it."""
+    try:
+        mlflow.set_tags(tags)
+    except Exception as e:  # noqa: BLE001 — the original error is what the user must see
+        log.warning(
+            "could not record why run %s ended: %s", active.info.run_id, redact(str(e))[:300]
+        )
+    try:
+        mlflow.end_run(status)
+    except Exception as e:  # noqa: BLE001
+        log.warning(
+            "could not mark run %s %s: %s", active.info.run_id, status, redact(str(e))[:300]
+        )
+
+
+def log_metrics(values: dict[str, float], step: int | None = None) -> None:
+    """mlflow.log_metrics, refusing NaN and ±inf: a non-finite metric fails the run instead
+    of being stored as ±1.8e308."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        where = f" in epoch {step}" if step is not None else ""
+        raise DivergenceError(
+            f"non-finite metric(s){where}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
+        )
+    mlflow.log_metrics(values, step=step)
+
+
+@contextmanager
+def training_run(cfg, data, family):
+    """A training run of `family` (a families.base.Family) with what every training run
+    logs: a readable name and description, the params of its family, tags, the full
+    config.yaml, dataset inputs."""
+    tags = {
+        "model_family": family.name,
+        "kind": "training",
+        "git_commit": git_commit(),
+        "config_hash": config_hash(cfg),
+        "resume_key": resume_key(cfg),
+        "model_name": cfg.model.name,
+        **environment_tags(),
+        "mlflow.note.content": family.note(cfg, len(data.y("train"))),
+    }
+    if cfg.tracking.get("tags"):
+        tags.update(plain(cfg.tracking.tags))
+    # One BLAS thread for the training and every evaluation in the run: OpenBLAS splits a
+    # matmul by thread count, which changes the last bits (a test_log_loss rerun on 2
+    # threads differed by 4e-9 from the original's on 1).
+    with (
+        run(cfg, run_name=describe.run_name(cfg, family.label), tags=tags) as active,
+        threadpool_limits(limits=1, user_api="blas"),
+    ):
+        mlflow.log_params(family.params(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        log_datasets(data)
+        yield active
+
+
+def log_datasets(data) -> None:
+    """The splits as MLflow dataset inputs, identified by our SHA-256 digest of the arrays."""
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        with warnings.catch_warnings():  # MLflow registers the local-file source twice
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+            dataset = from_numpy(
+                data.x(split),
+                targets=data.y(split),
+                source=str(data.path),
+                name=f"{data.name}-{split}",
+                digest=data.digests[f"x_{split}"][:12] + data.digests[f"y_{split}"][:12],
+            )
+        for attempt in range(5):
+            try:
+                mlflow.log_input(dataset, context=context)
+                break
+            except mlflow.exceptions.MlflowException as e:
+                # Two parallel jobs inserting the same dataset: MLflow's get-or-create is not
+                # atomic, and the loser hits the unique constraint. Again, it finds the row.
+                # (SQLite: "UNIQUE constraint failed"; PostgreSQL: "violates unique constraint")
+                if "unique constraint" not in str(e).lower() or attempt == 4:
+                    raise
+
+
+def finished_run_id(cfg, family: str) -> str | None:
+    """A FINISHED training run of this model family with the same resume key — the same
+    config, code and locked packages — if there is one (a resumed sweep reuses it)."""
+    experiment_id = store.setup(cfg)  # first: it points MLflow at the store the client will use
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.resume_key = '{resume_key(cfg)}' and tags.model_family = '{family}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,275 @@
+"""The store: where it is, that it is whole, and that its RUNNING runs are running.
+
+The default store is a SQLite database at mlruns/mlflow.db with artifacts under
+mlruns/artifacts/, both absolute paths from the project root, so Hydra's output folders
+never scatter stores. MLFLOW_TRACKING_URI overrides the database, as MLflow users expect.
+A run records its process (host, pid, start time); a RUNNING run whose process has ended
+is closed KILLED by the next process on that host that opens the store (reap_orphans).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+
+import mlflow
+from filelock import FileLock
+
+from pipeline.errors import PipelineError
+from pipeline.logs import redact
+from pipeline.paths import (
+    from_root,
+    process_alive,
+    process_start,
+    remove_orphaned_temp_files,
+    temp_prefix,
+)
+from pipeline.tracking import describe
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(cfg) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{from_root(cfg.paths.mlruns_dir) / 'mlflow.db'}"
+
+
+def artifact_root(cfg) -> str:
+    return (from_root(cfg.paths.mlruns_dir) / "artifacts").as_uri()
+
+
+_READY_STORES: set[str] = set()
+
+
+_REAPED_STORES: set[str] = set()
+
+
+def setup(cfg) -> str:
+    """Point MLflow at the store, create the experiment if needed, close the runs whose
+    process is gone (reap_orphans, once per process); return the experiment's id."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        initialise_sqlite(uri)
+    mlflow.set_tracking_uri(uri)
+    name = cfg.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        # Beside a local SQLite store, artifacts go to mlruns/artifacts/; a tracking server
+        # (http, postgresql, ...) chooses its own artifact store.
+        location = f"{artifact_root(cfg)}/{name}" if uri.startswith("sqlite:") else None
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    if experiment is None or "mlflow.experimentKind" not in experiment.tags:
+        # Open in the UI's model-training view (not the GenAI one), with a description.
+        client = mlflow.MlflowClient()
+        client.set_experiment_tag(
+            experiment_id, "mlflow.experimentKind", "custom_model_development"
+        )
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", describe.EXPERIMENT_NOTE)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    if uri not in _REAPED_STORES:
+        reap_orphans()
+        _REAPED_STORES.add(uri)
+    return experiment_id
+
+
+def initialise_sqlite(uri: str) -> None:
+    """Make sure a SQLite store is whole before MLflow opens it; once per process.
+
+    MLflow builds a new store in steps (the tables, then some 60 migrations), and a
+    process stopped half-way left a file every later run failed on ('duplicate column
+    name: step'). So a new store is built in a temp file beside it and renamed into place
+    once whole, under a file lock (two first runs at once build it once). An existing
+    store must be at MLflow's schema version: a half-made one without runs (older code,
+    a killed build) is moved aside and built again; one with runs is named, with the fix.
+    """
+    if uri in _READY_STORES:
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{db}.lock", timeout=600)
+        lock.acquire()
+    except OSError as e:
+        raise PipelineError(
+            f"cannot create the MLflow store in {db.parent}: {e.strerror or e}. "
+            "Set paths.mlruns_dir to a writable folder (or MLFLOW_TRACKING_URI "
+            "to a tracking server)"
+        ) from None
+    try:
+        remove_orphaned_temp_files(db.parent)  # a build killed half-way
+        if not db.exists() or db.stat().st_size == 0:
+            _build_sqlite_store(db)
+        elif problem := _schema_problem(db):
+            if _holds_runs(db):
+                raise PipelineError(
+                    f"the MLflow store {db} is not usable ({problem}). Back it up, then "
+                    f"upgrade it: mlflow db upgrade sqlite:///{db} (or set paths.mlruns_dir "
+                    "to a new folder)"
+                )
+            aside = db.with_name(f"{db.name}.half-made-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(db, aside)
+            log.warning(
+                "the MLflow store %s was half-made (%s) and held no runs: moved aside "
+                "to %s and built again",
+                db,
+                problem,
+                aside.name,
+            )
+            _build_sqlite_store(db)
+    finally:
+        lock.release()
+    _READY_STORES.add(uri)
+
+
+def _build_sqlite_store(db: Path) -> None:
+    """MLflow's schema, built in a temp file and renamed onto `db` once complete."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow runs on an empty store
+
+    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=temp_prefix(db), suffix=".part")
+    os.close(fd)
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(tmp, db)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _schema_problem(db: Path) -> str | None:
+    """Why MLflow cannot use the store at `db`, or None if its schema is MLflow's current one."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error as e:
+        return f"no schema version: {e}"
+    head = _get_latest_schema_revision()
+    if not row or row[0] != head:
+        return f"schema version {row[0] if row else 'none'}, this MLflow needs {head}"
+    return None
+
+
+def _holds_runs(db: Path) -> bool:
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
+            return connection.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+# ---- a RUNNING run must have a live process behind it -----------------------------------
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this run: host, pid and the process's start time (pids get reused)."""
+    return {
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "pid_started": process_start(os.getpid()),
+    }
+
+
+def _running_runs():
+    """Every RUNNING run of the store's active experiments."""
+    client = mlflow.MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    token = None
+    while ids:
+        page = client.search_runs(
+            ids, "attributes.status = 'RUNNING'", max_results=1000, page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            break
+
+
+def reap_orphans() -> list[str]:
+    """Mark KILLED the RUNNING runs, anywhere in the store, of this host whose process has
+    ended (kill -9, power loss); return their ids. Runs of live processes and of other
+    hosts are left alone."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    reaped = []
+    for run in _running_runs():
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        if process_alive(int(tags["pid"]), tags.get("pid_started", "")):
+            continue
+        client.set_tag(
+            run.info.run_id,
+            "failure_reason",
+            f"interrupted: its process (pid {tags['pid']} on {host}) ended without closing the run",
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+        reaped.append(run.info.run_id)
+    if reaped:
+        log.warning(
+            "closed %d run(s) left RUNNING by ended processes as KILLED: %s",
+            len(reaped),
+            ", ".join(reaped),
+        )
+    return reaped
+
+
+def running_pids(parent_run_id: str | None) -> list[int]:
+    """The processes, on this host, of the RUNNING children of a parent run."""
+    if not parent_run_id:
+        return []
+    host = socket.gethostname()
+    try:
+        runs = mlflow.MlflowClient().search_runs(
+            [mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
+    except Exception as e:  # noqa: BLE001 — called while stopping: stop them all at once
+        log.warning("could not list the runs of parent %s: %s", parent_run_id, redact(str(e))[:200])
+        return []
+    return [
+        int(r.data.tags["pid"])
+        for r in runs
+        if r.data.tags.get("host") == host and r.data.tags.get("pid", "").isdigit()
+    ]
+
+
+def store_in_use() -> bool:
+    """Has this process set up a store (so that MLflow points at ours, not its default)?"""
+    return bool(_REAPED_STORES)
+
+
+def close_own_runs(reason: str) -> list[str]:
+    """End KILLED, with `reason`, every run still RUNNING that this process opened (a
+    sweep's or search's parent, a run a signal caught between two calls); return their ids."""
+    client = mlflow.MlflowClient()
+    mine = process_tags()
+    closed = []
+    for run in _running_runs():
+        if all(run.data.tags.get(k) == v for k, v in mine.items()):
+            client.set_tag(run.info.run_id, "failure_reason", reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
