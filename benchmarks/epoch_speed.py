@@ -47,7 +47,7 @@ def load_mnist_train() -> tuple[np.ndarray, np.ndarray]:
     """All 60,000 training images as float32 rows in [0, 1], fetched by the download stage."""
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config")
-    paths = download.fetch_all(cfg)
+    paths = download.fetch_all(cfg.data)
     x = read_idx(paths["train-images-idx3-ubyte.gz"]).reshape(60000, 784) / np.float32(255)
     return x.astype(np.float32), read_idx(paths["train-labels-idx1-ubyte.gz"]).astype(np.int64)
 

@@ -27,12 +27,12 @@ from pipeline.paths import PROJECT_ROOT
 def untracked(cfg, data) -> float:
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    net = build_network(cfg, data.x("train").shape[1], rng)
+    net = build_network(cfg.model, data.x("train").shape[1], cfg.train.dtype, rng)
     sgd_train(
         net,
         data.x("train"),
         data.y("train"),
-        sgd_config(cfg),
+        sgd_config(cfg.train),
         rng,
         validation=(data.x("val"), data.y("val")),
     )
@@ -43,7 +43,7 @@ def untracked(cfg, data) -> float:
 def main() -> None:
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=sys.argv[1:])
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     with tempfile.TemporaryDirectory() as store:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         ours = families.get(families.OURS)

@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from pipeline.data import DATASETS, N_CLASSES
-from pipeline.engine import ACTIVATIONS, COSTS, INITS, SCHEDULES, SGDConfig
+from pipeline.engine import ACTIVATIONS, COSTS, INITS, SCHEDULES, AugmentConfig, SGDConfig
 from pipeline.errors import PipelineError
 from pipeline.families import FAMILIES, OURS
 from pipeline.paths import PROJECT_ROOT, check_writable, from_root
@@ -35,28 +35,35 @@ class PathsConfig:
     mlruns_dir: str = "mlruns"
 
 
+# Field metadata: the setting is part of the data split a run trains and is measured on.
+SPLIT = {"split": True}
+
+
 @dataclass
 class DataConfig:
-    name: str = MISSING
+    name: str = field(default=MISSING, metadata=SPLIT)
     raw_dir: str | None = None
-    processed_dir: str = MISSING
+    processed_dir: str = "${paths.data_dir}/processed"
     mirrors: list[str] = field(default_factory=list)
     # Seconds a mirror may take for one file before the next mirror is tried (a mirror
     # that drips bytes never trips a per-read timeout).
     mirror_deadline: float = 300.0
-    validation_size: int = MISSING
-    test_size: int | None = None
-    split_seed: int = 0
-    label_shuffle: float = 0.0  # fraction of training labels permuted (1.0: random labels)
+    validation_size: int = field(default=MISSING, metadata=SPLIT)
+    test_size: int | None = field(default=None, metadata=SPLIT)  # None: the official test set
+    split_seed: int = field(default=0, metadata=SPLIT)
+    # fraction of training labels permuted (1.0: random labels)
+    label_shuffle: float = field(default=0.0, metadata=SPLIT)
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    """The network; the defaults are the classic recipe's (784-16-16-10 in conf/model/)."""
+
+    name: str = MISSING  # the recipe's name: its preset in conf/model/
     hidden_sizes: list[int] = MISSING
-    activation: str = "sigmoid"
-    cost: str = "quadratic"
-    init: str = "normal"
+    activation: str = "sigmoid"  # σ of the hidden units: engine/activations.py
+    cost: str = "quadratic"  # C with its output units: engine/costs.py
+    init: str = "normal"  # the initial weights: engine/network.py INITS
 
 
 @dataclass
@@ -148,8 +155,10 @@ class SearchConfig:
 
 @dataclass
 class Config:
-    stages: list[str] = MISSING
-    seed: int = 0
+    stages: list[str] = field(
+        default_factory=lambda: ["download", "preprocess", "train", "evaluate"]
+    )
+    seed: int = 0  # the network's initial weights and every epoch's shuffle
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -165,6 +174,51 @@ class Config:
 
 
 ConfigStore.instance().store(name="base_config", node=Config)
+
+
+# ---- the settings by role, read off the schema ------------------------------------------
+
+
+def _dotted(prefix: str, schema: type, keep: Callable[[dataclasses.Field], bool]) -> list[str]:
+    return [f"{prefix}.{f.name}" for f in dataclasses.fields(schema) if keep(f)]
+
+
+def _is_tweak(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("tweak"))
+
+
+# The settings that fix a run's data split.
+SPLIT_KEYS = _dotted("data", DataConfig, lambda f: bool(f.metadata.get("split")))
+# What a training run computes (its config hash): its seed, split, network and training.
+COMPUTED_KEYS = ["seed", *SPLIT_KEYS, "model", "train"]
+# The recipe: what a comparison of runs holds fixed or varies (a sweep's parent names it).
+# The tweaks and the settings that apply only with another (step_every, gamma) are left
+# out: a run names them when they are on (conditional_keys).
+RECIPE_KEYS = [
+    *_dotted("model", ModelConfig, lambda f: f.name != "name"),
+    *_dotted("train", SGDConfig, lambda f: not f.metadata and f.name != "augment"),
+    "seed",
+]
+# The tweaks, all off in the classic recipe (the engine marks them).
+TWEAK_KEYS = _dotted("train", SGDConfig, _is_tweak) + _dotted(
+    "train.augment", AugmentConfig, _is_tweak
+)
+
+
+def conditional_keys(cfg) -> list[str]:
+    """The settings in use here beyond the recipe: each tweak that is on, and each setting
+    that applies only when another has a value (step_every and gamma with schedule=step,
+    elastic_sigma with elastic_alpha) when it does."""
+    keys = [key for key in TWEAK_KEYS if OmegaConf.select(cfg, key)]
+    for prefix, schema in (("train", SGDConfig), ("train.augment", AugmentConfig)):
+        for f in dataclasses.fields(schema):
+            if "applies_when" not in f.metadata:
+                continue
+            other, *wanted = f.metadata["applies_when"]
+            value = OmegaConf.select(cfg, f"{prefix}.{other}")
+            if (value == wanted[0]) if wanted else bool(value):
+                keys.append(f"{prefix}.{f.name}")
+    return keys
 
 
 def plain(node: Any, resolve: bool = True) -> Any:
@@ -237,7 +291,11 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.augment.shear": in_range(0, 80),
     "train.augment.elastic_alpha": at_least(0),
     "train.augment.elastic_sigma": greater_than(0),
-    "baseline.name": one_of("none", *(name for name in FAMILIES if name != OURS)),
+    # read when checked: a family added to the table is a baseline at once
+    "baseline.name": (
+        (lambda v: v == "none" or (v in FAMILIES and v != OURS)),
+        f"none or a family of pipeline/families/ other than {OURS}",
+    ),
     "data.mirror_deadline": greater_than(0),
     "analyze.seeds": at_least(2),
     "analyze.noise_images": at_least(1),
@@ -415,7 +473,7 @@ def override_error(error: Exception, argv: list[str] | None = None) -> str:
         key, _, value = arg.lstrip("+~").partition("=")
         group = PROJECT_ROOT / "conf" / key
         if group.is_dir() and "," not in value:
-            presets = sorted(p.stem for p in group.glob("*.yaml"))
+            presets = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
             if value not in presets and value != "null":
                 return (
                     f"{arg}: {key} takes the name of a preset in conf/{key}/: {', '.join(presets)}"

@@ -15,6 +15,9 @@ from pipeline.data import download
 from pipeline.data.idx import write_idx
 from pipeline.paths import PROJECT_ROOT
 
+# The shared helpers assert too: their failures are to read as well as a test's own.
+pytest.register_assert_rewrite("helpers")
+
 # Captured before the autouse fixture below hides it from every test.
 _REAL_MIRROR = os.environ.get(download.MIRROR_ENV)
 

@@ -60,43 +60,43 @@ class Dataset:
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def prepare(cfg) -> Path:
-    """Write (or reuse, if it verifies) the arrays for `cfg.data`; return the .npz path."""
-    key = _cache_key(cfg.data)
-    out = _output_path(cfg.data, key)
+def prepare(data_cfg) -> Path:
+    """Write (or reuse, if it verifies) the arrays for data.*; return the .npz path."""
+    key = _cache_key(data_cfg)
+    out = _output_path(data_cfg, key)
     for orphan in remove_orphaned_temp_files(out.parent):
         log.info("preprocess: removed %s, left behind by a killed run", orphan)
     if out.exists() and _manifest_path(out).exists():
         try:
-            _read_verified(cfg.data.name, out, key)
+            _read_verified(data_cfg.name, out, key)
             log.info("preprocess: reusing %s (verified)", out)
             return out
         except _BadCache as e:
             log.warning("preprocess: %s is unusable (%s); rebuilding it from the raw data", out, e)
-    _build(cfg, key, out)
+    _build(data_cfg, key, out)
     return out
 
 
-def _build(cfg, key: str, out: Path) -> Dataset:
+def _build(data_cfg, key: str, out: Path) -> Dataset:
     """Compute the arrays from the raw data, write them and their manifest to `out`."""
-    x_train, y_train, x_test, y_test = _load_raw(cfg.data)
-    x_train, x_val, y_train, y_val = _split(x_train, y_train, cfg.data)
-    fraction = float(cfg.data.get("label_shuffle") or 0.0)
+    x_train, y_train, x_test, y_test = _load_raw(data_cfg)
+    x_train, x_val, y_train, y_val = _split(x_train, y_train, data_cfg)
+    fraction = float(data_cfg.get("label_shuffle") or 0.0)
     if fraction:  # only the training labels: validation and test keep the truth
-        y_train = shuffle_labels(y_train, fraction, np.random.default_rng(int(cfg.data.split_seed)))
+        y_train = shuffle_labels(y_train, fraction, np.random.default_rng(int(data_cfg.split_seed)))
     arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
               "x_test": x_test, "y_test": y_test}
     with atomic_write(out) as f:
         np.savez(f, **arrays)
     digests = {k: _sha256(v) for k, v in arrays.items()}
-    manifest = {"name": cfg.data.name, "key": key, "inputs": _input_digests(cfg.data),
+    manifest = {"name": data_cfg.name, "key": key, "inputs": _input_digests(data_cfg),
                 "shapes": {k: list(v.shape) for k, v in arrays.items()}, "sha256": digests}
     # The manifest is written last: an .npz without one is never trusted.
     with atomic_write(_manifest_path(out), "w") as f:
         json.dump(manifest, f, indent=2)
     log.info("preprocess: wrote %s (train %d, val %d, test %d)", out,
              len(y_train), len(y_val), len(y_test))
-    return Dataset(cfg.data.name, arrays, digests, out)
+    return Dataset(data_cfg.name, arrays, digests, out)
 
 
 def shuffle_labels(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -111,33 +111,33 @@ def shuffle_labels(y: np.ndarray, fraction: float, rng: np.random.Generator) -> 
     return y
 
 
-def output_path(cfg) -> Path:
+def output_path(data_cfg) -> Path:
     """Where `run` writes the arrays for this config and the raw inputs now on disk."""
-    return _output_path(cfg.data, _cache_key(cfg.data))
+    return _output_path(data_cfg, _cache_key(data_cfg))
 
 
 def _output_path(data_cfg, key: str) -> Path:
     return from_root(data_cfg.processed_dir) / f"{data_cfg.name}-{key[:16]}.npz"
 
 
-def load(cfg) -> Dataset:
+def load(data_cfg) -> Dataset:
     """Load the arrays the preprocess stage wrote for this config, verified against the manifest.
 
     A cache that fails verification is rebuilt from the raw data (with a warning); the
     digests returned are recomputed from the arrays returned.
     """
-    key = _cache_key(cfg.data)
-    path = _output_path(cfg.data, key)
+    key = _cache_key(data_cfg)
+    path = _output_path(data_cfg, key)
     if not (path.exists() and _manifest_path(path).exists()):
         raise PipelineError(
-            f"no preprocessed data for data={cfg.data.name} at {path}: run the preprocess "
+            f"no preprocessed data for data={data_cfg.name} at {path}: run the preprocess "
             "stage first, e.g. `python -m pipeline stages=[download,preprocess]`"
         )
     try:
-        return _read_verified(cfg.data.name, path, key)
+        return _read_verified(data_cfg.name, path, key)
     except _BadCache as e:
         log.warning("preprocess: %s is unusable (%s); rebuilding it from the raw data", path, e)
-    return _build(cfg, key, path)
+    return _build(data_cfg, key, path)
 
 
 class _BadCache(Exception):

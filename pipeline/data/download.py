@@ -46,16 +46,16 @@ class ChecksumMismatch(Exception):
     pass
 
 
-def fetch_all(cfg) -> dict[str, Path]:
+def fetch_all(data_cfg) -> dict[str, Path]:
     """Make sure every MNIST file is in `data.raw_dir`, verified; return their paths."""
-    if cfg.data.name != "mnist":
-        log.info("download: data=%s needs no download", cfg.data.name)
+    if data_cfg.name != "mnist":
+        log.info("download: data=%s needs no download", data_cfg.name)
         return {}
-    dest_dir = from_root(cfg.data.raw_dir)
+    dest_dir = from_root(data_cfg.raw_dir)
     for orphan in remove_orphaned_temp_files(dest_dir):
         log.info("download: removed %s, left behind by a killed download", orphan)
-    mirrors = mirror_list(cfg.data.mirrors)
-    deadline = cfg.data.get("mirror_deadline") or 300.0
+    mirrors = mirror_list(data_cfg.mirrors)
+    deadline = data_cfg.get("mirror_deadline") or 300.0
     return {name: fetch(name, md5, mirrors, dest_dir, deadline) for name, md5 in MNIST_FILES.items()}
 
 

@@ -29,18 +29,16 @@ TWEAK = {"tweak": True}  # dataclass field metadata: a tweak, off in the classic
 class AugmentConfig:
     """Each a tweak (metadata "tweak"): non-zero, it switches a distortion on."""
 
-    shift: float = field(
-        default=0.0, metadata=TWEAK
-    )  # pixels: t uniform in [−shift, shift] on each axis
-    rotation: float = field(
-        default=0.0, metadata=TWEAK
-    )  # degrees: θ uniform in [−rotation, rotation]
+    # pixels: t uniform in [−shift, shift] on each axis
+    shift: float = field(default=0.0, metadata=TWEAK)
+    # degrees: θ uniform in [−rotation, rotation]
+    rotation: float = field(default=0.0, metadata=TWEAK)
     scale: float = field(default=0.0, metadata=TWEAK)  # s uniform in [1 − scale, 1 + scale]
     shear: float = field(default=0.0, metadata=TWEAK)  # degrees: φ uniform in [−shear, shear]
-    elastic_alpha: float = field(
-        default=0.0, metadata=TWEAK
-    )  # pixels: the scale α of the elastic displacement field
-    elastic_sigma: float = 4.0  # pixels: the smoothing width σ of that field
+    # pixels: the scale α of the elastic displacement field (Simard et al. 2003)
+    elastic_alpha: float = field(default=0.0, metadata=TWEAK)
+    # pixels: the smoothing width σ of that field, which means nothing without it
+    elastic_sigma: float = field(default=4.0, metadata={"applies_when": ("elastic_alpha",)})
 
     @property
     def active(self) -> bool:

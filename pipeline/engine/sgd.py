@@ -38,29 +38,33 @@ SCHEDULES = ("constant", "step", "cosine")
 _CHUNK_ROWS = 256
 
 
+# Field metadata: a setting that applies only when another one has a value (a schedule's
+# parameters); it means nothing otherwise.
+STEP_SCHEDULE = {"applies_when": ("schedule", "step")}
+
+
 @dataclass
 class SGDConfig:
+    """Mini-batch SGD; the defaults are the classic recipe (the book's η = 3.0, m = 10)."""
+
     epochs: int = 30
-    batch_size: int = 10
-    learning_rate: float = 3.0
-    momentum: float = 0.0
-    l2: float = 0.0
-    schedule: str = "constant"
-    step_every: int = 10  # schedule=step: epochs between decays
-    gamma: float = 0.5  # schedule=step: η multiplier at each decay
+    batch_size: int = 10  # m
+    learning_rate: float = 3.0  # η
+    momentum: float = 0.0  # μ: v ← μv − η∇C, w ← w + v
+    l2: float = 0.0  # λ: C gains λ/2n Σ w², n the training-set size
+    schedule: str = "constant"  # constant | step (η·gamma every step_every epochs) | cosine
+    # schedule=step: epochs between decays, and η's multiplier at each
+    step_every: int = field(default=10, metadata=STEP_SCHEDULE)
+    gamma: float = field(default=0.5, metadata=STEP_SCHEDULE)
     # The tweaks (metadata "tweak"), all off in the classic recipe:
-    warmup_epochs: int = field(
-        default=0, metadata=TWEAK
-    )  # η rises linearly over these first epochs: η·(e + 1)/(k + 1)
-    dropout_input: float = field(
-        default=0.0, metadata=TWEAK
-    )  # p: each input pixel dropped with probability p
-    dropout_hidden: float = field(
-        default=0.0, metadata=TWEAK
-    )  # p: each hidden unit dropped with probability p
-    max_norm: float = field(
-        default=0.0, metadata=TWEAK
-    )  # c > 0: every unit's incoming weights kept at ‖w‖ ≤ c
+    # η rises linearly over these first epochs: η·(e + 1)/(k + 1)
+    warmup_epochs: int = field(default=0, metadata=TWEAK)
+    # p: each input pixel, or each hidden unit, dropped with probability p while training
+    dropout_input: float = field(default=0.0, metadata=TWEAK)
+    dropout_hidden: float = field(default=0.0, metadata=TWEAK)
+    # c > 0: every unit's incoming weights kept at ‖w‖ ≤ c
+    max_norm: float = field(default=0.0, metadata=TWEAK)
+    # every training image distorted afresh each epoch (augment.py)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):

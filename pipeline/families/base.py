@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import config
 from pipeline.tracking import describe
 
 # on_epoch(epoch (1-based), learning_rate, epoch_seconds: the training steps alone)
@@ -25,7 +26,7 @@ class Family(ABC):
     label: str  # what ends its runs' names: "· ours", "· sklearn"
     objective: str  # its own training objective, a metric of its own name (metrics.py)
     keeps_best: bool = False  # can end on its best validation epoch (train.keep=best)
-    own_settings: tuple[str, ...] = ()  # config keys it uses beyond describe.SHARED
+    settings: tuple[str, ...] = ()  # the config keys it uses (dotted), the split's aside
 
     def refuses(self, cfg) -> str | None:
         """Why this family cannot run `cfg` as the same experiment (None: it can)."""
@@ -33,7 +34,7 @@ class Family(ABC):
 
     def params(self, cfg) -> dict[str, str]:
         """The params of its runs: the settings it really uses, and the data split."""
-        return describe.config_params(cfg, [*describe.SHARED, *self.own_settings, *describe.DATA])
+        return describe.config_params(cfg, [*self.settings, *config.SPLIT_KEYS])
 
     def model_params(self, model, cfg) -> dict[str, str]:
         """Params read from the built model itself (e.g. an estimator's get_params())."""

@@ -45,13 +45,14 @@ def collapsed(probabilities: np.ndarray, y: np.ndarray) -> bool:
     return bool(top_share >= 0.95 and np.mean(predicted == y) < 0.2)
 
 
-def check_not_collapsed(cfg, probabilities: np.ndarray, y: np.ndarray) -> None:
-    """Raise CollapseError if the trained model answers (nearly) one digit to everything.
-    (Not for runs on shuffled labels, whose validation accuracy is meant to be chance.)"""
-    if not cfg.data.get("label_shuffle") and collapsed(probabilities, y):
+def check_not_collapsed(train_cfg, probabilities: np.ndarray, y: np.ndarray) -> None:
+    """Raise CollapseError if the model trained by `train_cfg` answers (nearly) one digit
+    to everything."""
+    if collapsed(probabilities, y):
         raise CollapseError(
             f"training collapsed to chance: validation accuracy "
             f"{np.mean(np.argmax(probabilities, axis=1) == y):.4f}, one digit predicted for "
-            f"≥95% of the images, after {cfg.train.epochs} epochs at η={cfg.train.learning_rate}. "
+            f"≥95% of the images, after {train_cfg.epochs} epochs at "
+            f"η={train_cfg.learning_rate}. "
             "Lower train.learning_rate (or change the init)."
         )

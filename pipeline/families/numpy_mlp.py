@@ -7,16 +7,13 @@ so the seed fixes the run.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import scipy
-from mlflow.models import infer_signature
-from omegaconf import OmegaConf
 
+from pipeline import config
 from pipeline.config import plain
 from pipeline.engine import Network, SGDConfig, train
 from pipeline.families import pyfunc_numpy
@@ -24,14 +21,14 @@ from pipeline.families.base import Family, OnEpoch
 from pipeline.tracking import describe, models
 
 
-def build_network(cfg, n_inputs: int, rng: np.random.Generator) -> Network:
-    """The network a config describes (model.* and train.dtype), initialised from rng."""
-    return Network.from_spec(plain(cfg.model), n_inputs, dtype=cfg.train.dtype, rng=rng)
+def build_network(model_cfg, n_inputs: int, dtype: str, rng: np.random.Generator) -> Network:
+    """The network model.* describes, in float type `dtype`, initialised from rng."""
+    return Network.from_spec(plain(model_cfg), n_inputs, dtype=dtype, rng=rng)
 
 
-def sgd_config(cfg, **overrides) -> SGDConfig:
+def sgd_config(train_cfg, **overrides) -> SGDConfig:
     """The engine's SGD settings from train.* (everything but the dtype and keep)."""
-    settings = plain(cfg.train)
+    settings = plain(train_cfg)
     settings.pop("dtype")
     settings.pop("keep", None)
     return SGDConfig(**{**settings, **overrides})
@@ -48,39 +45,34 @@ class NumpyMLP(Family):
     label = "ours"
     objective = "train_cost"  # Nielsen's C over the training split, with λ/2n Σ w²
     keeps_best = True
-    own_settings = ("model.cost", "model.init", "train.schedule", "train.dtype", "train.keep")
+    settings = (*config.RECIPE_KEYS, "train.dtype", "train.keep")
 
     def params(self, cfg) -> dict[str, str]:
-        keys = [*describe.SHARED, *self.own_settings, *describe.DATA]
-        if cfg.train.schedule == "step":
-            keys += ["train.step_every", "train.gamma"]
-        keys += [key for key in describe.TWEAKS if OmegaConf.select(cfg, key)]  # all off: classic
-        if OmegaConf.select(cfg, "train.augment.elastic_alpha"):
-            keys.append("train.augment.elastic_sigma")
+        """The recipe, plus the tweaks that are on (none in the classic recipe) and the
+        settings that apply here only (a step schedule's, elastic_sigma)."""
+        keys = [*self.settings, *config.conditional_keys(cfg), *config.SPLIT_KEYS]
         return describe.config_params(cfg, keys)
 
     def note(self, cfg, n_train: int) -> str:
-        t = cfg.train
-        kept = "the best validation epoch's" if t.get("keep") == "best" else "the final epoch's"
-        extras = describe.training_extras(cfg, schedule=True)
+        kept = "the best validation epoch's" if cfg.train.keep == "best" else "the final epoch's"
         return (
-            f"This project's NumPy network {describe.layers(cfg)} ({cfg.model.activation} "
+            f"This project's NumPy network {describe.layers(cfg.model)} ({cfg.model.activation} "
             f"hidden units, {cfg.model.cost} cost, {cfg.model.init} init), trained by "
-            f"mini-batch SGD (η={t.learning_rate:g}, batch {t.batch_size}, {t.epochs} epochs"
-            f"{', ' + extras if extras else ''}) on {describe.split(cfg, n_train)}; seed "
-            f"{cfg.seed}. It keeps {kept} weights. Recipe: {cfg.model.name}."
+            f"mini-batch SGD ({describe.sgd(cfg.train, schedule=True)}) on "
+            f"{describe.split(cfg.data, n_train)}; seed {cfg.seed}. It keeps {kept} weights. "
+            f"Recipe: {cfg.model.name}."
         )
 
     def build(self, cfg, x: np.ndarray) -> Trainee:
         rng = np.random.default_rng(cfg.seed)
-        return Trainee(build_network(cfg, x.shape[1], rng), rng)
+        return Trainee(build_network(cfg.model, x.shape[1], cfg.train.dtype, rng), rng)
 
     def fit(self, model: Trainee, cfg, x, y, on_epoch: OnEpoch) -> None:
         train(
             model.net,
             x,
             y,
-            sgd_config(cfg),
+            sgd_config(cfg.train),
             model.rng,
             evaluate=False,
             on_epoch=lambda r: on_epoch(r["epoch"], r["learning_rate"], r["epoch_seconds"]),
@@ -105,20 +97,18 @@ class NumpyMLP(Family):
     def log_model(self, model: Trainee, data) -> None:
         """pyfunc_numpy.py, network.npz and, as its only code, the engine: it loads with
         numpy, scipy and mlflow."""
-        net, sample = model.net, data.x("test")[:5]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "network.npz"
-            net.save(path)
-            models.log_model_from_code(
-                pyfunc_numpy.__file__,
-                {"network": str(path)},
-                infer_signature(sample, net.predict(sample)),
-                [
-                    f"numpy=={np.__version__}",
-                    f"scipy=={scipy.__version__}",
-                    f"mlflow=={mlflow.__version__}",
-                ],
-            )
+        models.log_model_from_code(
+            pyfunc_numpy.__file__,
+            "network.npz",
+            model.net.save,
+            data.x("test")[:5],
+            model.net.predict,
+            [
+                f"numpy=={np.__version__}",
+                f"scipy=={scipy.__version__}",
+                f"mlflow=={mlflow.__version__}",
+            ],
+        )
 
 
 FAMILY = NumpyMLP()

@@ -17,23 +17,20 @@ ours, it trains on one BLAS thread, so train_seconds compare like with like.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import sklearn
 import skops
 import skops.io
-from mlflow.models import infer_signature
 from omegaconf import OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
-from pipeline import interrupts
+from pipeline import config, interrupts
 from pipeline.data import N_CLASSES
 from pipeline.engine import DivergenceError
 from pipeline.families import pyfunc_sklearn
@@ -68,11 +65,22 @@ class SklearnMLP(Family):
     name = "sklearn_mlp"
     label = "sklearn"
     objective = "sklearn_loss"  # loss_curve_: the epoch's running mean of log loss + penalty
+    # what make_classifier takes from the config
+    settings = (
+        "model.hidden_sizes",
+        "model.activation",
+        "train.epochs",
+        "train.batch_size",
+        "train.learning_rate",
+        "train.momentum",
+        "train.l2",
+        "seed",
+    )
 
     def refuses(self, cfg) -> str | None:
         if cfg.model.activation not in SKLEARN_ACTIVATION:
             return f"MLPClassifier has no {cfg.model.activation} activation"
-        tweaks = [key for key in describe.TWEAKS if OmegaConf.select(cfg, key)]
+        tweaks = [key for key in config.TWEAK_KEYS if OmegaConf.select(cfg, key)]
         if tweaks:
             return (
                 f"MLPClassifier has none of {', '.join(tweaks)}, so it would not run the "
@@ -87,14 +95,11 @@ class SklearnMLP(Family):
         return params
 
     def note(self, cfg, n_train: int) -> str:
-        t = cfg.train
-        extras = describe.training_extras(cfg, schedule=False)
         return (
-            f"scikit-learn's MLPClassifier {describe.layers(cfg)} ({cfg.model.activation} "
+            f"scikit-learn's MLPClassifier {describe.layers(cfg.model)} ({cfg.model.activation} "
             f"hidden units, softmax + log loss, its own init), trained by SGD with the same "
-            f"η={t.learning_rate:g}, batch {t.batch_size}, {t.epochs} epochs"
-            f"{', ' + extras if extras else ''} (L2 as alpha = λ·m/n) on "
-            f"{describe.split(cfg, n_train)}; seed {cfg.seed}: the baseline for recipe "
+            f"{describe.sgd(cfg.train, schedule=False)} (L2 as alpha = λ·m/n) on "
+            f"{describe.split(cfg.data, n_train)}; seed {cfg.seed}: the baseline for recipe "
             f"{cfg.model.name}."
         )
 
@@ -147,21 +152,19 @@ class SklearnMLP(Family):
     def log_model(self, clf: MLPClassifier, data) -> None:
         """pyfunc_sklearn.py and the estimator saved with skops (never pickled), checking its
         input as ours does."""
-        sample = data.x("test")[:5]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "estimator.skops"
-            skops.io.dump(clf, path)
-            models.log_model_from_code(
-                pyfunc_sklearn.__file__,
-                {"estimator": str(path)},
-                infer_signature(sample, clf.predict(sample)),
-                [
-                    f"scikit-learn=={sklearn.__version__}",
-                    f"skops=={skops.__version__}",
-                    f"numpy=={np.__version__}",
-                    f"mlflow=={mlflow.__version__}",
-                ],
-            )
+        models.log_model_from_code(
+            pyfunc_sklearn.__file__,
+            "estimator.skops",
+            lambda path: skops.io.dump(clf, path),
+            data.x("test")[:5],
+            clf.predict,
+            [
+                f"scikit-learn=={sklearn.__version__}",
+                f"skops=={skops.__version__}",
+                f"numpy=={np.__version__}",
+                f"mlflow=={mlflow.__version__}",
+            ],
+        )
 
 
 FAMILY = SklearnMLP()

@@ -22,7 +22,7 @@ def main() -> int:
         index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=sys.argv[2:])
-        data = dataset.load(cfg)
+        data = dataset.load(cfg.data)
         if not 0 <= index < len(data.y("test")):
             raise ValueError(
                 f"index {index}: the test set has images 0 to {len(data.y('test')) - 1}"

@@ -56,7 +56,7 @@ def run(cfg, results: dict) -> str:
     net = Network.load(
         mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/artifacts/network.npz")
     )
-    data = dataset.load(run_cfg)
+    data = dataset.load(run_cfg.data)
     a = cfg.analyze
     recipe = source.data.tags.get("model_name", "")
     link = f"#/experiments/{source.info.experiment_id}/runs/{run_id}"
@@ -195,8 +195,8 @@ def noise_test(net: Network, data, n: int, rng: np.random.Generator, report: Rep
 def _train_curve(run_cfg, x, y, *, seed=None, validation=None, **overrides):
     """Train a network of the run's config on (x, y); return (net, history)."""
     rng = np.random.default_rng(run_cfg.seed if seed is None else seed)
-    net = build_network(run_cfg, x.shape[1], rng)
-    return net, train(net, x, y, sgd_config(run_cfg, **overrides), rng, validation=validation)
+    net = build_network(run_cfg.model, x.shape[1], run_cfg.train.dtype, rng)
+    return net, train(net, x, y, sgd_config(run_cfg.train, **overrides), rng, validation=validation)
 
 
 def random_labels(run_cfg, data, a, report: Report) -> dict:

@@ -13,18 +13,12 @@ import mlflow
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import runs, store
+from pipeline.tracking import describe, runs, store
 
 log = logging.getLogger(__name__)
-DESCRIBE = {
+DESCRIBE = {  # the columns that describe a config
     "model": "tags.model_name",
-    "hidden": "params.model.hidden_sizes",
-    "activation": "params.model.activation",
-    "cost": "params.model.cost",
-    "eta": "params.train.learning_rate",
-    "batch": "params.train.batch_size",
-    "epochs": "params.train.epochs",
-    "seed": "params.seed",
+    **describe.recipe_columns(),
     "data": "params.data.name",
 }
 

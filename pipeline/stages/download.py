@@ -9,4 +9,4 @@ from pipeline.data import download
 
 
 def run(cfg, results: dict) -> dict[str, Path]:
-    return download.fetch_all(cfg)
+    return download.fetch_all(cfg.data)

@@ -30,7 +30,7 @@ def run(cfg, results: dict) -> list[str]:
             "evaluate: no runs to evaluate: put `train` before `evaluate` in "
             "stages, or name runs with evaluate.run_ids=[<run id>,...]"
         )
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     x, y = data.x("test"), data.y("test")
     store.setup(cfg)
     client = mlflow.MlflowClient()

@@ -9,4 +9,4 @@ from pipeline.data import dataset
 
 
 def run(cfg, results: dict) -> Path:
-    return dataset.prepare(cfg)
+    return dataset.prepare(cfg.data)

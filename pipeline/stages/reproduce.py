@@ -51,9 +51,9 @@ def run(cfg, results: dict) -> pd.DataFrame:
             f"is {family!r}); name a run of ours or of the baseline"
         )
     run_cfg = rerun_config(cfg, run_id)
-    download.fetch_all(run_cfg)
-    dataset.prepare(run_cfg)
-    rerun_id = training.train(families.get(family), run_cfg, dataset.load(run_cfg))
+    download.fetch_all(run_cfg.data)
+    dataset.prepare(run_cfg.data)
+    rerun_id = training.train(families.get(family), run_cfg, dataset.load(run_cfg.data))
     rerun = client.get_run(rerun_id)
 
     table = metric_table(client, original, rerun)

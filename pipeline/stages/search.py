@@ -453,7 +453,7 @@ def objective(
     config.validate(trial_cfg, {"train": None})  # a bad space is the user's to fix: exit 2
     key = OmegaConf.to_yaml(trial_cfg.data)
     if key not in datasets:
-        datasets[key] = dataset.load(trial_cfg)
+        datasets[key] = dataset.load(trial_cfg.data)
     trial.set_user_attr("worker", f"{store.process_tags()['host']}:{os.getpid()}")
 
     def report(epoch: int, metrics: dict) -> None:

@@ -23,6 +23,7 @@ import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import config as schema
 from pipeline import interrupts, logs
 from pipeline.config import plain
 from pipeline.tracking import identity, parents, store
@@ -179,28 +180,12 @@ def swept(config) -> dict[str, str]:
     return grid
 
 
-# What a comparison in a sweep holds fixed unless the sweep varies it.
-_COMPARED = (
-    "model.hidden_sizes",
-    "model.activation",
-    "model.cost",
-    "model.init",
-    "train.epochs",
-    "train.batch_size",
-    "train.learning_rate",
-    "train.momentum",
-    "train.l2",
-    "train.schedule",
-    "seed",
-)
-
-
 def held_fixed(config, grid: dict) -> str:
     """The settings the sweep does not vary, e.g. 'model.cost=quadratic, train.epochs=30,
     …; model.init per activation: sigmoid scaled, relu he'. A setting a preset takes from
     sweep.init / sweep.eta is named as per activation (and per step), not as fixed."""
     fixed, per_activation = [], []
-    for key in _COMPARED:
+    for key in schema.RECIPE_KEYS:
         if key in grid:
             continue
         parent_key, _, leaf = key.rpartition(".")

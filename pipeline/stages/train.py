@@ -20,7 +20,7 @@ def run(cfg, results: dict) -> list[str]:
     """Train ours and, if configured and able to run this config, the baseline; return the
     ids of the runs that finished. A run that diverges or collapses ends FAILED with its
     reason and the other family still trains; the failures go to results["failures"]."""
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     chosen = [families.get(families.OURS)]
     if cfg.baseline.name != "none":
         baseline = families.get(cfg.baseline.name)

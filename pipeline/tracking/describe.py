@@ -8,13 +8,12 @@ ours, which MLPClassifier ignores, but its own get_params() as sklearn.*.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from omegaconf import OmegaConf
 
+from pipeline import config
 from pipeline.config import plain
-from pipeline.engine import AugmentConfig, SGDConfig
 
 EXPERIMENT_NOTE = (
     "Runs of the classic handwritten-digit network (784 pixels in, 10 digits out) trained "
@@ -26,28 +25,11 @@ EXPERIMENT_NOTE = (
     "pipeline/families/metrics.py; the full config of a run: its config.yaml artifact."
 )
 
-# The settings every family uses, and the data split's (dotted config keys).
-SHARED = [
-    "seed",
-    "model.hidden_sizes",
-    "model.activation",
-    "train.epochs",
-    "train.batch_size",
-    "train.learning_rate",
-    "train.momentum",
-    "train.l2",
-]
-DATA = [
-    "data.name",
-    "data.validation_size",
-    "data.test_size",
-    "data.split_seed",
-    "data.label_shuffle",
-]
-# The tweaks: the engine's settings marked so (all off in the classic recipe).
-TWEAKS = [f"train.{f.name}" for f in dataclasses.fields(SGDConfig) if f.metadata.get("tweak")] + [
-    f"train.augment.{f.name}" for f in dataclasses.fields(AugmentConfig) if f.metadata.get("tweak")
-]
+
+def recipe_columns() -> dict[str, str]:
+    """The recipe's settings as columns of mlflow.search_runs' frame, e.g.
+    {'hidden_sizes': 'params.model.hidden_sizes', ..., 'seed': 'params.seed'}."""
+    return {key.rpartition(".")[2]: f"params.{key}" for key in config.RECIPE_KEYS}
 
 
 def run_name(cfg, label: str) -> str:
@@ -78,25 +60,27 @@ def config_params(cfg, keys: list[str]) -> dict[str, str]:
     return params
 
 
-def layers(cfg) -> str:
+def layers(model_cfg) -> str:
     """e.g. 'in-16-16-10'."""
-    return "-".join(map(str, ["in", *cfg.model.hidden_sizes, 10]))
+    return "-".join(map(str, ["in", *model_cfg.hidden_sizes, 10]))
 
 
-def split(cfg, n_train: int | None) -> str:
+def split(data_cfg, n_train: int | None) -> str:
     """e.g. 'mnist: 50000 training images, 10000 for validation'."""
     if not n_train:
-        return str(cfg.data.name)
-    return f"{cfg.data.name}: {n_train} training images, {cfg.data.validation_size} for validation"
+        return str(data_cfg.name)
+    return f"{data_cfg.name}: {n_train} training images, {data_cfg.validation_size} for validation"
 
 
-def training_extras(cfg, schedule: bool) -> str:
-    """What a run's training adds to plain SGD: momentum, L2, a schedule (if the family has
-    one), e.g. 'momentum 0.9, L2 λ=5'."""
-    t = cfg.train
+def sgd(t, schedule: bool) -> str:
+    """A run's SGD (train.*) in words, with what it adds to plain SGD: momentum, L2, a
+    schedule (if the family has one), e.g. 'η=0.05, batch 32, 30 epochs, momentum 0.9'."""
     return ", ".join(
         s
         for s in (
+            f"η={t.learning_rate:g}",
+            f"batch {t.batch_size}",
+            f"{t.epochs} epochs",
             f"momentum {t.momentum:g}" if t.momentum else "",
             f"L2 λ={t.l2:g}" if t.l2 else "",
             f"{t.schedule} schedule" if schedule and t.schedule != "constant" else "",

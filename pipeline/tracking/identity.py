@@ -11,29 +11,16 @@ import mlflow
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from pipeline.config import Config, plain
+from pipeline.config import COMPUTED_KEYS, Config, plain
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
 from pipeline.tracking.environment import lock_digest
-
-# Keys that change what a training run computes; everything else (paths, stages, tracking)
-# does not, and so stays out of the config hash.
-_HASHED_KEYS = (
-    "seed",
-    "data.name",
-    "data.validation_size",
-    "data.test_size",
-    "data.split_seed",
-    "data.label_shuffle",
-    "model",
-    "train",
-)
 
 
 def config_hash(cfg) -> str:
     """A short hash of what a training run computes (seed included, paths excluded)."""
     picked = {
-        key: plain(v) for key in _HASHED_KEYS if (v := OmegaConf.select(cfg, key)) is not None
+        key: plain(v) for key in COMPUTED_KEYS if (v := OmegaConf.select(cfg, key)) is not None
     }
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -5,21 +5,32 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
+import numpy as np
+from mlflow.models import infer_signature
 
 from pipeline.paths import PROJECT_ROOT
 
 
 def log_model_from_code(
-    model_file: str, artifacts: dict[str, str], signature, requirements: list[str]
+    model_file: str,
+    artifact: str,
+    save: Callable[[Path], None],
+    sample: np.ndarray,
+    predict: Callable[[np.ndarray], np.ndarray],
+    requirements: list[str],
 ) -> None:
-    """Log a pyfunc "model from code" (`model_file` and its artifacts) to the active run
-    as `model`, shipping as its only code the package's import-free __init__.py and the
+    """Log a pyfunc "model from code" to the active run as `model`: `model_file` with one
+    artifact (written by save(path), path named `artifact`), a signature read off
+    predict(sample), and as its only code the package's import-free __init__.py and the
     engine (pipeline/engine: the network and the input check), so it loads with its
     `requirements` alone."""
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        saved = Path(tmp) / artifact
+        save(saved)
         # An input example would make MLflow load and run the model again at logging
         # time; the explicit signature already describes the input.
         warnings.filterwarnings("ignore", message=".*input example was not provided")
@@ -34,8 +45,8 @@ def log_model_from_code(
         mlflow.pyfunc.log_model(
             name="model",
             python_model=model_file,
-            artifacts=artifacts,
-            signature=signature,
+            artifacts={saved.stem: str(saved)},
+            signature=infer_signature(sample, predict(sample)),
             code_paths=[str(package)],
             pip_requirements=requirements,
         )

@@ -16,22 +16,10 @@ import mlflow
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import plots, registry
+from pipeline.tracking import describe, plots, registry
 
 log = logging.getLogger(__name__)
-SETTINGS = {
-    "hidden_sizes": "params.model.hidden_sizes",
-    "activation": "params.model.activation",
-    "cost": "params.model.cost",
-    "init": "params.model.init",
-    "learning_rate": "params.train.learning_rate",
-    "batch_size": "params.train.batch_size",
-    "epochs": "params.train.epochs",
-    "momentum": "params.train.momentum",
-    "l2": "params.train.l2",
-    "schedule": "params.train.schedule",
-    "seed": "params.seed",
-}
+SETTINGS = describe.recipe_columns()  # the columns of the results table
 
 
 PLOTTED = ("hidden_sizes", "learning_rate", "batch_size")

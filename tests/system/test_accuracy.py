@@ -11,22 +11,20 @@ the mean of seeds 0–2 ≥ 0.925 (mean − 4.5 std of a 3-seed mean) and every 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_app
 from mlflow.tracking import MlflowClient
 from threadpoolctl import threadpool_info
 
 from pipeline.app import run_stages
-from pipeline.paths import PROJECT_ROOT
 
 SEEDS = (0, 1, 2)
 MEAN_FLOOR, RUN_FLOOR = 0.925, 0.91
 # The instruction set each forced kernel needs; a kernel the CPU lacks dies of SIGILL.
 KERNEL_NEEDS = {"SkylakeX": "avx512f", "Haswell": "avx2", "Sandybridge": "avx"}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def _cpu_flags() -> set[str]:
@@ -47,39 +45,31 @@ def _default_kernel() -> str | None:
 
 def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[list[float], set]:
     """Test accuracy of one training run per seed (in parallel, one process each, a store
-    each: no shared writer), and the BLAS kernels the runs recorded."""
+    each: no shared writer), and the BLAS kernels the runs recorded. env: the changes to
+    the environment of those processes."""
     cfg = make_cfg(f"data.mirrors=[{mirror}]", "stages=[download,preprocess]")
     run_stages(cfg)  # once; the seeds' processes only train
     processes = []
     for seed in seeds:
         store = f"sqlite:///{tmp_path / f'seed{seed}.db'}"
-        processes.append(
-            (
-                store,
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pipeline",
-                        f"paths.data_dir={tmp_path / 'data'}",
-                        "stages=[train]",
-                        "baseline=none",
-                        "tracking.log_model=false",
-                        f"seed={seed}",
-                        *overrides,
-                    ],
-                    cwd=PROJECT_ROOT,
-                    env={**env, "MLFLOW_TRACKING_URI": store},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                ),
+        log = tmp_path / f"seed{seed}.log"  # a file: the processes run on while one is read
+        with open(log, "w") as out:
+            process = run_app(
+                f"paths.data_dir={tmp_path / 'data'}",
+                "stages=[train]",
+                "baseline=none",
+                "tracking.log_model=false",
+                f"seed={seed}",
+                *overrides,
+                env={**env, "MLFLOW_TRACKING_URI": store},
+                popen=True,
+                output=out,
             )
-        )
+        processes.append((store, process, log))
     accuracies, kernels = [], set()
-    for store, process in processes:
-        _, err = process.communicate(timeout=900)
-        assert process.returncode == 0, err[-3000:]
+    for store, process, log in processes:
+        process.wait(timeout=900)
+        assert process.returncode == 0, log.read_text()[-3000:]
         client = MlflowClient(store)
         (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
         accuracies.append(run.data.metrics["test_accuracy"])
@@ -92,7 +82,7 @@ def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[li
 def test_classic_setup_on_real_mnist_holds_its_floor_under_each_kernel(
     kernel, real_mnist_mirror, make_cfg, tmp_path
 ):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = dict(ONE_THREAD)
     if kernel != "default":
         if _default_kernel() is None:
             pytest.skip("NumPy's BLAS is not OpenBLAS: its kernel cannot be forced")
@@ -120,8 +110,13 @@ FRONTIER_FLOOR = 0.975
 def test_the_frontier_recipe_on_real_mnist_clears_its_floor_in_three_epochs(
     real_mnist_mirror, make_cfg, tmp_path
 ):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     accuracies, _ = _train_seeds(
-        real_mnist_mirror, make_cfg, tmp_path, env, (0, 1), "model=frontier", "train.epochs=3"
+        real_mnist_mirror,
+        make_cfg,
+        tmp_path,
+        ONE_THREAD,
+        (0, 1),
+        "model=frontier",
+        "train.epochs=3",
     )
     assert min(accuracies) >= FRONTIER_FLOOR, f"seeds 0, 1 gave {accuracies}"

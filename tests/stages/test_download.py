@@ -16,7 +16,7 @@ def _files(folder):
 
 def test_fetches_and_verifies_every_file_from_a_folder_mirror(tiny_mnist, make_cfg):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]")
-    paths = download.fetch_all(cfg)
+    paths = download.fetch_all(cfg.data)
     assert sorted(p.name for p in paths.values()) == sorted(download.MNIST_FILES)
     for name, path in paths.items():
         assert path.read_bytes() == (tiny_mnist / name).read_bytes()
@@ -99,13 +99,13 @@ def test_an_interrupted_download_leaves_no_trusted_file(tiny_mnist, tmp_path, mo
 
 def test_verified_files_are_not_fetched_again(tiny_mnist, make_cfg, monkeypatch):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]")
-    download.fetch_all(cfg)
+    download.fetch_all(cfg.data)
 
     def no_fetch(*args):
         raise AssertionError("fetched a file that was already present and verified")
 
     monkeypatch.setattr(download, "_open", no_fetch)
-    assert len(download.fetch_all(cfg)) == 4
+    assert len(download.fetch_all(cfg.data)) == 4
 
 
 def test_env_mirror_is_tried_first_and_made_absolute(tiny_mnist, monkeypatch):
@@ -129,5 +129,5 @@ def test_a_killed_downloads_temp_file_is_removed_a_live_ones_kept(tiny_mnist, ma
     live = dest_dir / (temp_prefix(dest_dir / name, os.getpid()) + "efgh5678.part")
     dead.write_bytes(b"half a file")
     live.write_bytes(b"a file being written")
-    download.fetch_all(cfg)
+    download.fetch_all(cfg.data)
     assert not dead.exists() and live.exists()

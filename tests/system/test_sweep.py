@@ -2,13 +2,12 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
+from helpers import run_app, running_training_runs, tracking_server_down, wait_for
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
@@ -16,47 +15,20 @@ from pipeline.paths import PROJECT_ROOT
 EXPERIMENT = "sweep-smoke"
 
 
-def _sweep(tmp_path, db, *overrides, wait=True):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
-    env.pop("PIPELINE_DATA_MIRROR", None)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
+def _sweep(tmp_path, db, *overrides, log=None):
+    """`python -m pipeline sweep=smoke` into the SQLite store db, in a sweep folder of its
+    own; started with its output in the file log (in its own process group), if given."""
+    args = (
         "sweep=smoke",
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.sweep.dir={tmp_path / 'multirun' / str(time.monotonic_ns())}",
         *overrides,
-    ]
-    if wait is not True:  # a log file: start it in its own process group and return
-        with open(wait, "w") as out:
-            return subprocess.Popen(
-                command,
-                cwd=PROJECT_ROOT,
-                env=env,
-                start_new_session=True,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-    return subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
-
-
-def _training_runs_running(db) -> bool:
-    """Read-only look at the store: an MlflowClient here would race the sweep to create
-    the tables, the very race the sweep avoids by creating them before its jobs start."""
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
-            (count,) = connection.execute(
-                "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
-                "WHERE tags.key = 'kind' AND tags.value = 'training' AND runs.status = 'RUNNING'"
-            ).fetchone()
-    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
-        return False
-    return count > 0
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PIPELINE_DATA_MIRROR": None}
+    if log is None:
+        return run_app(*args, env=env, timeout=600)
+    with open(log, "w") as out:
+        return run_app(*args, env=env, popen=True, output=out)
 
 
 def _runs(db) -> pd.DataFrame:
@@ -138,15 +110,9 @@ def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_pat
     db = tmp_path / "store.db"
     overrides = ["train.epochs=40", "model.hidden_sizes=[8],[12],[16],[20]"]
     log = tmp_path / "killed-sweep.log"
-    process = _sweep(tmp_path, db, *overrides, wait=log)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:  # kill as soon as some run is training
-            if _training_runs_running(db):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"no training run started within 120 s:\n{log.read_text()[-3000:]}")
+    process = _sweep(tmp_path, db, *overrides, log=log)
+    try:  # kill as soon as some run is training
+        wait_for("training run", lambda: running_training_runs(db), process, every=0.05, log=log)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -207,36 +173,12 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     assert set(training.parent) == {runs[runs.kind == "sweep"].run_id.item()}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_sweep_against_an_unreachable_tracking_server_exits_nonzero(tmp_path):
-    port = _free_port()  # nothing listens there
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "sweep=smoke",
-            f"paths.data_dir={tmp_path / 'data'}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_app(
+        "sweep=smoke",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        env=tracking_server_down(),
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
@@ -366,27 +308,17 @@ def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seed
     one parent; per ablation row and seed a finished child whose params show the tweak
     off; summary/seed_means.csv holds each row's mean over its seeds."""
     db = tmp_path / "ablation.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
-    env.pop("PIPELINE_DATA_MIRROR", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "sweep=ablation",
-            "data=digits",
-            "stages=[preprocess,train,evaluate]",
-            "model.hidden_sizes=[16]",
-            "train.epochs=2",
-            "seed=0,1",
-            f"tracking.experiment={EXPERIMENT}",
-            f"paths.data_dir={tmp_path / 'data'}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = run_app(
+        "sweep=ablation",
+        "data=digits",
+        "stages=[preprocess,train,evaluate]",
+        "model.hidden_sizes=[16]",
+        "train.epochs=2",
+        "seed=0,1",
+        f"tracking.experiment={EXPERIMENT}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PIPELINE_DATA_MIRROR": None},
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,17 +1,14 @@
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_app
 
 from pipeline.app import run_stages
 from pipeline.data import dataset
 from pipeline.data.idx import read_idx
 from pipeline.errors import PipelineError
-from pipeline.paths import PROJECT_ROOT
 
 
 def test_tiny_mnist_is_scaled_flattened_and_split_stratified(tiny_mnist, make_cfg):
@@ -19,7 +16,7 @@ def test_tiny_mnist_is_scaled_flattened_and_split_stratified(tiny_mnist, make_cf
         f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
     )
     run_stages(cfg)
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     assert data.x("train").shape == (250, 784) and data.x("val").shape == (50, 784)
     assert data.x("test").shape == (100, 784)
     for split in dataset.SPLITS:
@@ -42,7 +39,7 @@ def test_manifest_records_the_sha256_of_every_array(tiny_mnist, make_cfg):
         f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
     )
     run_stages(cfg)
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     assert set(data.digests) == {f"{a}_{s}" for a in "xy" for s in dataset.SPLITS}
     assert data.digests["x_val"] == hashlib.sha256(data.x("val").tobytes()).hexdigest()
     assert len(data.digest) == 64
@@ -55,7 +52,7 @@ def test_cache_is_reused_for_the_same_config_and_recomputed_for_a_new_one(
         f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
     )
     run_stages(cfg)
-    first = dataset.output_path(cfg)
+    first = dataset.output_path(cfg.data)
     mtime = first.stat().st_mtime_ns
 
     def no_recompute(*a):
@@ -63,18 +60,18 @@ def test_cache_is_reused_for_the_same_config_and_recomputed_for_a_new_one(
 
     with monkeypatch.context() as m:
         m.setattr(dataset, "_load_raw", no_recompute)
-        assert dataset.prepare(cfg) == first and first.stat().st_mtime_ns == mtime
+        assert dataset.prepare(cfg.data) == first and first.stat().st_mtime_ns == mtime
 
     other = make_cfg(
         f"data.mirrors=[{tiny_mnist}]", "data.validation_size=60", "stages=[download,preprocess]"
     )
-    assert dataset.output_path(other) != first
+    assert dataset.output_path(other.data) != first
     run_stages(other)
-    assert len(dataset.load(other).y("val")) == 60
+    assert len(dataset.load(other.data).y("val")) == 60
     reseeded = make_cfg(
         f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "data.split_seed=1"
     )
-    assert dataset.output_path(reseeded) != first
+    assert dataset.output_path(reseeded.data) != first
 
 
 def test_arrays_without_a_manifest_are_not_trusted(tiny_mnist, make_cfg):
@@ -82,13 +79,13 @@ def test_arrays_without_a_manifest_are_not_trusted(tiny_mnist, make_cfg):
         f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50", "stages=[download,preprocess]"
     )
     run_stages(cfg)
-    out = dataset.output_path(cfg)
+    out = dataset.output_path(cfg.data)
     out.with_suffix(".json").unlink()
     out.write_bytes(b"half-written")
     with pytest.raises(PipelineError, match="run the preprocess stage first"):
-        dataset.load(cfg)
-    dataset.prepare(cfg)
-    assert len(dataset.load(cfg).y("train")) == 250
+        dataset.load(cfg.data)
+    dataset.prepare(cfg.data)
+    assert len(dataset.load(cfg.data).y("train")) == 250
     assert json.loads(out.with_suffix(".json").read_text())["shapes"]["x_train"] == [250, 784]
 
 
@@ -106,22 +103,13 @@ def test_missing_raw_files_say_to_download(make_cfg):
 def test_digits_dataset_needs_no_download(make_cfg):
     cfg = make_cfg("data=digits", "stages=[download,preprocess]")
     run_stages(cfg)
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     assert [len(data.y(s)) for s in dataset.SPLITS] == [1197, 300, 300]
     assert data.x("train").shape[1] == 64 and data.x("train").max() == 1.0
 
 
-def _app(*overrides, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_DATA_MIRROR"}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *overrides],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def _app(*overrides):
+    return run_app(*overrides, env={"PIPELINE_DATA_MIRROR": None})
 
 
 def test_app_rejects_an_unknown_stage_with_exit_code_2(tmp_path):
@@ -154,7 +142,7 @@ def test_real_mnist_download_and_preprocess(real_mnist_mirror, make_cfg, tmp_pat
         5851,
         5949,
     ]
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     assert [len(data.y(s)) for s in dataset.SPLITS] == [50000, 10000, 10000]
     assert data.x("train").shape == (50000, 784) and data.x("train").dtype == np.float32
     # Stratified: each class keeps its share of the 60k within one image.

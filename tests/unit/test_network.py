@@ -58,8 +58,8 @@ def test_init_scales(init):
 
 def _digits(make_cfg):
     cfg = make_cfg("data=digits")
-    dataset.prepare(cfg)
-    return dataset.load(cfg)
+    dataset.prepare(cfg.data)
+    return dataset.load(cfg.data)
 
 
 def _fit(data, seed=0, **kw):

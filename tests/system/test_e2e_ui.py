@@ -19,14 +19,10 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import SMALL_ANALYSIS, free_port, run_app, wait_http
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
@@ -61,50 +57,20 @@ def _browser_or_skip():
         pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {seconds} s")
-
-
 EXPERIMENT = "digits"
 MODEL = "digits-classifier"
-SMALL_ANALYSIS = [
-    "analyze.memorize_subset=300",
-    "analyze.memorize_wide_epochs=40",
-    "analyze.memorize_epochs=10",
-    "analyze.lr_epochs=5",
-    "analyze.seeds=3",
-    "analyze.noise_images=200",
-]
+OUTSIDE_SETTINGS_REMOVED = {"MLFLOW_TRACKING_URI": None, "PIPELINE_DATA_MIRROR": None}
 
 
-def _pipeline(args, tmp, env):
+def _pipeline(args, tmp):
+    """`python -m pipeline` into the store tmp/mlruns, as a user runs it: no tracking URI or
+    data mirror from outside."""
     common = [
         f"paths.mlruns_dir={tmp / 'mlruns'}",
         f"paths.data_dir={tmp / 'data'}",
         f"tracking.experiment={EXPERIMENT}",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args, *common],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_app(*args, *common, env=OUTSIDE_SETTINGS_REMOVED, timeout=600)
     assert result.returncode == 0, f"{args}\n{result.stderr[-3000:]}"
 
 
@@ -114,17 +80,12 @@ def ui(tmp_path_factory):
     _browser_or_skip()
     tmp = tmp_path_factory.mktemp("e2e")
     mlruns = tmp / "mlruns"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR")
-    }
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
-    _pipeline(["data=digits", "train.epochs=3", f"hydra.run.dir={tmp / 'run'}"], tmp, env)
+    _pipeline(["data=digits", "train.epochs=3", f"hydra.run.dir={tmp / 'run'}"], tmp)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     plain = {r.data.tags["model_family"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(plain) == {"numpy_mlp", "sklearn_mlp"}
-    _pipeline(["sweep=smoke", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp, env)
+    _pipeline(["sweep=smoke", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp)
     _pipeline(
         [
             "stages=[analyze]",
@@ -134,31 +95,24 @@ def ui(tmp_path_factory):
             *SMALL_ANALYSIS,
         ],
         tmp,
-        env,
     )
     runs = client.search_runs([experiment.experiment_id])
-    port = _free_port()
+    port = free_port()
     log = tmp / "ui.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
     with open(log, "w") as out:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.serve.ui",
-                "--port",
-                str(port),
-                "--mlruns",
-                str(mlruns),
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
+        server = run_app(
+            "--port",
+            port,
+            "--mlruns",
+            mlruns,
+            module="pipeline.serve.ui",
+            env=OUTSIDE_SETTINGS_REMOVED,
+            popen=True,
+            output=out,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{url}/health")
+        wait_http(f"{url}/health", server, log=log)
         # `make ui` prints a link per experiment that opens it in the model-training view
         links = dict(
             line.strip().split(": ", 1)
@@ -233,6 +187,13 @@ def _show_metric_columns(page, *metrics):
         page.locator(f".ag-header-cell[col-id='metrics.`{metric}`']").first.wait_for()
 
 
+def _see(page, texts, shot):
+    """Wait until the page shows each of texts, then save a screenshot named shot."""
+    for text in texts:
+        page.get_by_text(text).first.wait_for()
+    page.screenshot(path=str(SHOTS / shot))
+
+
 def _cell(page, run_name, col_id):
     """The runs table's cell of column col_id in the row of the run named run_name."""
     name = page.locator("[col-id='attributes.`Run Name`']").get_by_text(run_name, exact=True).first
@@ -242,13 +203,7 @@ def _cell(page, run_name, col_id):
 
 def test_server_binds_to_loopback_and_refuses_a_taken_port(ui):
     port, mlruns = ui["port"], ui["mlruns"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.serve.ui", "--port", str(port), "--mlruns", str(mlruns)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_app("--port", port, "--mlruns", mlruns, module="pipeline.serve.ui")
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -309,21 +264,15 @@ def test_the_sweep_parent_expands_to_its_children(ui, page):
     # Child runs are nested under the parent, collapsed: expand it with the row's toggle.
     row = page.locator("[role=row]", has_text=parent.info.run_name).first
     row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-    for child in children:
-        page.get_by_text(child.info.run_name).first.wait_for()
-    page.screenshot(path=str(SHOTS / "experiment_runs.png"))
+    _see(page, [child.info.run_name for child in children], "experiment_runs.png")
 
 
 def test_a_child_run_page_shows_its_params_and_test_accuracy(ui, page):
     _, children = _runs_by_kind(ui["runs"])
     child = next(c for c in children if c.data.tags["model_family"] == "numpy_mlp")
     page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{child.info.run_id}")
-    page.get_by_text(child.info.run_name).first.wait_for()
-    page.get_by_text("test_accuracy").first.wait_for()
-    page.get_by_text("model.hidden_sizes").first.wait_for()
     value = f"{child.data.metrics['test_accuracy']:.4g}"[:5]
-    page.get_by_text(value).first.wait_for()
-    page.screenshot(path=str(SHOTS / "child_run.png"))
+    _see(page, [child.info.run_name, "test_accuracy", "model.hidden_sizes", value], "child_run.png")
 
 
 def test_the_compare_view_of_two_runs_loads(ui, page):
@@ -332,11 +281,8 @@ def test_the_compare_view_of_two_runs_loads(ui, page):
     ids = json.dumps([c.info.run_id for c in ours])
     experiments = json.dumps([ui["experiment_id"]])
     page.goto(f"{ui['url']}/#/compare-runs?runs={ids}&experiments={experiments}")
-    page.get_by_text("model.hidden_sizes").first.wait_for()
-    page.get_by_text("test_accuracy").first.wait_for()
-    for run in ours:
-        page.get_by_text(run.info.run_name).first.wait_for()
-    page.screenshot(path=str(SHOTS / "compare_runs.png"))
+    names = [run.info.run_name for run in ours]
+    _see(page, ["model.hidden_sizes", "test_accuracy", *names], "compare_runs.png")
 
 
 def test_the_parent_run_lists_its_summary_plots(ui, page):

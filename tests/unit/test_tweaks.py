@@ -10,11 +10,11 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
+from pipeline import config
 from pipeline.engine import AugmentConfig, Network, SGDConfig, train
 from pipeline.engine.augment import bilinear, distort, gaussian_matrix
 from pipeline.engine.network import Workspace, with_ones_column
 from pipeline.families import numpy_mlp
-from pipeline.tracking import describe
 
 DIGITS = load_digits()
 X = (DIGITS.data / 16).astype(np.float32)
@@ -193,7 +193,7 @@ def test_with_every_tweak_off_training_is_the_plain_sgd_of_the_book():
 
 def test_the_classic_recipe_has_every_tweak_off_and_logs_none(make_cfg):
     cfg = make_cfg("model=classic")
-    assert not any(numpy_mlp.FAMILY.params(cfg).get(k) for k in describe.TWEAKS)
+    assert not any(numpy_mlp.FAMILY.params(cfg).get(k) for k in config.TWEAK_KEYS)
     assert all(
         not k.startswith(("train.dropout", "train.augment", "train.max_norm", "train.warmup"))
         for k in numpy_mlp.FAMILY.params(cfg)

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import ask_served_model, free_port
+from helpers import ask_served_model, free_port, wait_for
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import run_stages
@@ -92,7 +91,7 @@ def test_keep_best_ends_with_the_best_validation_epochs_weights(make_cfg):
     assert run.data.metrics["val_accuracy"] == max(history)  # the kept weights', for selection
     assert run.data.tags["kept_epoch"] == f"best (epoch {best_epoch} of 12)"
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # the kept weights
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     assert np.mean(model.predict(data.x("val")) == data.y("val")) == max(history)
 
 
@@ -104,7 +103,7 @@ def test_register_points_the_champion_alias_at_the_run_with_its_lineage(trained,
     client = MlflowClient()
     champion = client.get_model_version_by_alias("digits-classifier", "champion")
     assert champion.version == version and champion.run_id == ours.info.run_id
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     assert (
         champion.tags["train_data_digest"]
         == data.digests["x_train"][:12] + data.digests["y_train"][:12]
@@ -147,7 +146,7 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     model = mlflow.pyfunc.load_model(f"runs:/{ours.info.run_id}/model")
     index = int(np.flatnonzero(model.predict(data.x("test")) == data.y("test"))[0])
     image = data.x("test")[index : index + 1]
@@ -168,10 +167,12 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
         served = {p for p in _group(make) if p != make}
         os.kill(make, signal.SIGTERM)
         server.wait(timeout=60)
-        deadline = time.monotonic() + 60
-        while (left := [p for p in served if _alive(p)]) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not left, f"still serving after SIGTERM to make: {left}"
+        wait_for(
+            f"end after SIGTERM to make of the processes it served ({sorted(served)})",
+            lambda: not [p for p in served if _alive(p)],
+            seconds=60,
+            every=0.5,
+        )
         with pytest.raises(OSError):
             post(port, json.dumps({"inputs": image.tolist()}))
     finally:

@@ -1,12 +1,11 @@
 """The train, evaluate and compare stages, checked by querying the MLflow store they wrote."""
 
 import os
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
 import pytest
+from helpers import run_app
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 
@@ -102,7 +101,7 @@ def test_both_runs_are_logged_with_params_metrics_and_tags(trained):
 def test_artifacts_and_dataset_inputs_are_logged(trained):
     cfg, uri, _ = trained
     client, runs = _runs(uri)
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     for run in runs.values():
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert "config.yaml" in paths
@@ -136,7 +135,7 @@ def test_logged_model_reproduces_the_logged_test_accuracy_exactly(trained, famil
     cfg, uri, _ = trained
     _, runs = _runs(uri)
     run = runs[family]
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     predicted = np.asarray(model.predict(data.x("test")))
     assert np.mean(predicted == data.y("test")) == run.data.metrics["test_accuracy"]
@@ -233,19 +232,7 @@ def test_unknown_keys_and_wrong_types_are_rejected_by_the_schema(make_cfg, overr
 
 
 def test_app_reports_an_invalid_config_without_a_traceback(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "model.activation=softplus",
-            f"paths.data_dir={tmp_path}",
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_app("model.activation=softplus", f"paths.data_dir={tmp_path}")
     assert result.returncode == 2
     assert "model.activation='softplus': must be one of" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -7,14 +7,12 @@ import errno
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import TRAIN_ONCE, WAIT, run_app, running_training_runs, wait_for
 from mlflow.tracking import MlflowClient
 
 from pipeline import paths
@@ -27,41 +25,16 @@ from pipeline.tracking import runs as tracking_runs
 from pipeline.tracking import store as tracking_store
 
 
-def _pipeline(tmp_path, store, *overrides, popen=False, env=None):
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
+def _pipeline(tmp_path, store, *overrides, popen=False):
+    """`python -m pipeline` on the digits, its data under tmp_path, logging to store."""
+    return run_app(
         "data=digits",
         f"paths.data_dir={tmp_path / 'data'}",
         *overrides,
-    ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, **(env or {})}
-    if popen:
-        return subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    return subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+        env={"MLFLOW_TRACKING_URI": store},
+        popen=popen,
+        timeout=600,
     )
-
-
-def _running_count(db: Path) -> int:
-    """Read-only: RUNNING training runs in the store (0 while it is still being created)."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
-            (count,) = connection.execute(
-                "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid WHERE "
-                "tags.key = 'kind' AND tags.value = 'training' AND runs.status = 'RUNNING'"
-            ).fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return count
 
 
 def _training_runs(store: str, experiment: str = "mnist"):
@@ -81,10 +54,7 @@ def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(
         tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000", popen=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while _running_count(db) == 0:
-            assert time.monotonic() < deadline and live.poll() is None, "the run never started"
-            time.sleep(0.1)
+        wait_for("training run RUNNING", lambda: running_training_runs(db), live, every=0.1)
         cfg = make_cfg("data=digits")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
         tracking_store.setup(cfg)
@@ -123,24 +93,23 @@ def test_two_first_runs_at_once_on_a_fresh_store_both_finish(tmp_path):
             _pipeline(
                 tmp_path,
                 store,
-                "stages=[train]",
-                "baseline=none",
-                "train.epochs=1",
-                "tracking.log_model=false",
+                *TRAIN_ONCE,
                 f"seed={seed}",
                 popen=True,
             )
             for seed in range(3)
         ]
         for process in processes:
-            _, err = process.communicate(timeout=300)
-            assert process.returncode == 0, f"attempt {attempt}: {err[-2000:]}"
+            output, _ = process.communicate(timeout=WAIT)
+            assert process.returncode == 0, f"attempt {attempt}: {output[-2000:]}"
         runs = _training_runs(store)
         assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_resume_reuses_a_run_only_for_the_same_code_and_lock(make_cfg, tmp_path, monkeypatch):
-    cfg = make_cfg(
+@pytest.fixture
+def resumable(make_cfg):
+    """One digits run of ours, one epoch, skipped when a run of the same config finished."""
+    return make_cfg(
         "data=digits",
         "stages=[preprocess,train]",
         "baseline=none",
@@ -148,6 +117,10 @@ def test_resume_reuses_a_run_only_for_the_same_code_and_lock(make_cfg, tmp_path,
         "tracking.log_model=false",
         "tracking.skip_finished=true",
     )
+
+
+def test_resume_reuses_a_run_only_for_the_same_code_and_lock(resumable, tmp_path, monkeypatch):
+    cfg = resumable
     first = run_stages(cfg)["train"]
     assert run_stages(cfg)["train"] == first  # same config, code, lock: reused
 
@@ -314,17 +287,10 @@ def test_user_mistakes_exit_2_with_one_clear_line_before_any_work(tmp_path, over
 
 
 def test_resume_finds_the_run_in_the_configured_store_whatever_mlflow_pointed_at_before(
-    make_cfg, tmp_path, monkeypatch
+    resumable, tmp_path, monkeypatch
 ):
     """A fresh process has MLflow pointed at its default store: resume must look in ours."""
-    cfg = make_cfg(
-        "data=digits",
-        "stages=[preprocess,train]",
-        "baseline=none",
-        "train.epochs=1",
-        "tracking.log_model=false",
-        "tracking.skip_finished=true",
-    )
+    cfg = resumable
     first = run_stages(cfg)["train"]
     ours = os.environ["MLFLOW_TRACKING_URI"]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # MLflow's global...

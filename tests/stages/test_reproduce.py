@@ -1,11 +1,11 @@
 """`make reproduce`: a rerun from the logged config matches bit for bit on the same kernel,
 and says what differs between the environments when it does not."""
 
-import os
 import subprocess
 import sys
 
 import pytest
+from helpers import run_app
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import run_stages
@@ -65,21 +65,12 @@ def test_a_rerun_under_another_kernel_names_the_difference(logged_run, tmp_path)
     if info.stdout.strip() in ("", "None", "(none found)"):
         pytest.skip("NumPy's BLAS reports no kernel here: it cannot be forced")
     other = "Sandybridge" if info.stdout.strip() != "Sandybridge" else "Nehalem"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "stages=[reproduce]",
-            f"reproduce.run_id={run_id}",
-            f"paths.data_dir={tmp_path / 'data'}",
-            "data=digits",
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OPENBLAS_CORETYPE": other},
+    result = run_app(
+        "stages=[reproduce]",
+        f"reproduce.run_id={run_id}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data=digits",
+        env={"OPENBLAS_CORETYPE": other},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "What differs between the two environments" in result.stdout

@@ -47,7 +47,7 @@ def test_logged_model_loads_scores_and_serves_in_a_clean_virtualenv(make_cfg, tm
     assert shipped and all(
         p.startswith("pipeline/engine/") or p == "pipeline/__init__.py" for p in shipped
     ), shipped
-    data = dataset.load(cfg)
+    data = dataset.load(cfg.data)
     np.save(outside / "x_test.npy", data.x("test"))
     np.save(outside / "y_test.npy", data.y("test"))
     (outside / "score.py").write_text(SCORE)

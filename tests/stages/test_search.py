@@ -1,91 +1,29 @@
 """`make search` as a user runs it (python -m pipeline search=smoke), checked in Optuna's
 storage and in MLflow: one child per trial, pruned ones shown as such, resumable."""
 
-import os
-import subprocess
-import sys
-from collections import Counter
-
-import optuna
 import pytest
-from helpers import free_port
+from helpers import free_port, run_app, tracking_server_down
+from helpers.search import check_one_child_per_trial, search_runs, the_study
 from mlflow.tracking import MlflowClient
 
 from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.paths import PROJECT_ROOT
 
 
-def search(tmp_path, *overrides, env_extra=None, timeout=600):
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-        **(env_extra or {}),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
+def search(tmp_path, *overrides, env_extra=None):
+    """`python -m pipeline search=smoke`, its data, store and study under tmp_path."""
+    return run_app(
         "search=smoke",
         f"paths.data_dir={tmp_path / 'data'}",
         f"paths.mlruns_dir={tmp_path / 'mlruns'}",
         f"hydra.run.dir={tmp_path / 'out'}",
         *overrides,
-    ]
-    return subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        env={
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+            **(env_extra or {}),
+        },
+        timeout=600,
     )
-
-
-def the_study(storage: str) -> optuna.Study:
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage)
-
-
-def search_runs(tracking_uri: str, experiment: str = "search-smoke"):
-    """(parent run, children by run id) of the one search in the experiment."""
-    client = MlflowClient(tracking_uri)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id], max_results=1000)
-    (parent,) = [r for r in runs if r.data.tags.get("kind") == "search"]
-    children = {
-        r.info.run_id: r
-        for r in runs
-        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    }
-    assert len(children) == len(runs) - 1, "every run of the experiment is a child of the search"
-    return parent, children
-
-
-def check_one_child_per_trial(study: optuna.Study, parent, children, n_trials: int) -> Counter:
-    """Every finished trial is one child run, of the state the trial ended in; nothing
-    duplicated, nothing lost. Returns the trial states counted."""
-    trials = study.get_trials()
-    states = Counter(t.state.name for t in trials)
-    assert states["COMPLETE"] + states["PRUNED"] == n_trials
-    by_trial = Counter(r.data.tags["optuna_trial"] for r in children.values())
-    assert max(by_trial.values()) == 1, f"a trial logged twice: {by_trial}"
-    for trial in trials:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if trial.state.name == "COMPLETE":
-            run = children[run_id]
-            assert run.info.status == "FINISHED"
-            assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
-            assert "test_accuracy" in run.data.metrics
-        elif trial.state.name == "PRUNED":
-            run = children[run_id]
-            assert run.info.status == "KILLED"
-            assert run.data.tags["stopped_reason"].startswith("pruned at epoch")
-            assert run.info.run_name.endswith("· pruned")
-            assert "test_accuracy" not in run.data.metrics  # test is measured on finished runs only
-        elif run_id is not None:  # FAIL: a run that exists says why
-            run = children[run_id]
-            assert run.info.status in ("FAILED", "KILLED")
-            assert run.data.tags.get("failure_reason")
-    logged = {t.user_attrs.get("mlflow_run_id") for t in trials} - {None}
-    assert set(children) == logged, "a child run that no trial owns"
-    assert parent.info.status == "FINISHED"
-    return states
 
 
 def test_a_search_is_one_parent_with_a_child_per_trial_and_resumes(tmp_path):
@@ -190,14 +128,7 @@ def test_an_unreachable_storage_or_tracking_server_exits_2_before_any_trial(tmp_
     assert "Connection refused" in output
     assert "s3cret" not in output and "Traceback" not in output
 
-    done = search(
-        tmp_path,
-        env_extra={
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{down}",
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-        },
-    )
+    done = search(tmp_path, env_extra=tracking_server_down(down))
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-2000:]
     assert "cannot open the parent run" in output and "Traceback" not in output

@@ -85,7 +85,7 @@ def test_a_3_epoch_run_with_l2_logs_the_mapped_alpha_and_shuffles_afresh_every_e
         "tracking.log_model=false",
     )
     run_stages(cfg)
-    n_train = len(dataset.load(cfg).y("train"))
+    n_train = len(dataset.load(cfg.data).y("train"))
 
     assert len(permutations) == 3
     assert all(sorted(p) == list(range(n_train)) for p in permutations)

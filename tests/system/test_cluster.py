@@ -11,21 +11,18 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
-from helpers import free_port
+from helpers import free_port, run_app, wait_for, wait_http
+from helpers.search import check_one_child_per_trial, search_runs, the_study
 from mlflow.tracking import MlflowClient
-from test_search import check_one_child_per_trial, search_runs
 
 from pipeline.errors import PipelineError
-from pipeline.paths import PROJECT_ROOT
 from pipeline.serve import postgres
 
 pytestmark = pytest.mark.slow
@@ -40,52 +37,44 @@ def _require(what: str, check) -> None:
         pytest.skip(f"{what} is not installed here: {e}")
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, seconds: int = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"make server died:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(
-        f"the tracking server did not answer within {seconds} s:\n{log.read_text()[-3000:]}"
-    )
-
-
-@pytest.fixture(scope="module")
-def server():
-    """`python -m pipeline.serve.server` (what `make server` runs) on free ports, in a folder the
-    postgres user can reach (pytest's own temp folders are private to root)."""
+def _server_folder() -> Path:
+    """A folder the postgres user can reach (pytest's own temp folders are private to root);
+    skipped (a failure under CI=true) without PostgreSQL or the postgres extra."""
     _require("PostgreSQL", postgres.bindir)
     _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
     folder = Path(tempfile.mkdtemp(prefix="pipeline-server-"))
     folder.chmod(0o755)
+    return folder
+
+
+def _start_server(folder: Path) -> tuple[subprocess.Popen, int, int, Path]:
+    """`python -m pipeline.serve.server` (what `make server` runs) started on free ports, its
+    store in folder/mlruns, its output in folder/server.log: (process, port, pg_port, log)."""
     port, pg_port = free_port(), free_port()
     log = folder / "server.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.serve.server",
-                "--port",
-                str(port),
-                "--pg-port",
-                str(pg_port),
-                "--mlruns",
-                str(folder / "mlruns"),
-            ],
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        process = run_app(
+            "--port",
+            port,
+            "--pg-port",
+            pg_port,
+            "--mlruns",
+            folder / "mlruns",
+            module="pipeline.serve.server",
+            popen=True,
+            output=out,
         )
+    return process, port, pg_port, log
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The tracking server of `make server`, shared by the tests of this module."""
+    folder = _server_folder()
+    process, port, pg_port, log = _start_server(folder)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, log)
+        wait_http(f"{url}/health", process, log=log)
         cluster = postgres.Cluster(folder / "mlruns" / "postgres")
         yield SimpleNamespace(
             uri=url, optuna=cluster.url(pg_port, "optuna"), folder=folder, cluster=cluster, log=log
@@ -104,30 +93,20 @@ def server():
 
 
 def _env(server) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-    for name in ("PIPELINE_DATA_MIRROR", "RAY_ADDRESS"):
-        env.pop(name, None)
-    return env
+    """Log to the server; no data mirror or Ray cluster from outside."""
+    return {"MLFLOW_TRACKING_URI": server.uri, "PIPELINE_DATA_MIRROR": None, "RAY_ADDRESS": None}
 
 
 def test_a_ray_sweep_logs_each_job_once_to_the_postgres_server(server, tmp_path):
     _require("the ray extra", lambda: __import__("hydra_plugins.hydra_ray_launcher.ray_launcher"))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "sweep=smoke",
-            "hydra/launcher=ray_cluster",
-            "++hydra.launcher.ray.init.num_cpus=2",
-            "tracking.experiment=ray-smoke",
-            f"paths.data_dir={tmp_path / 'data'}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        ],
-        cwd=PROJECT_ROOT,
+    done = run_app(
+        "sweep=smoke",
+        "hydra/launcher=ray_cluster",
+        "++hydra.launcher.ray.init.num_cpus=2",
+        "tracking.experiment=ray-smoke",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
         env=_env(server),
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     output = done.stdout + done.stderr
@@ -156,15 +135,14 @@ def test_a_ray_sweep_logs_each_job_once_to_the_postgres_server(server, tmp_path)
     assert parent.data.tags.get("registered_model", "").startswith("digits-classifier v")
 
 
-def _started_workers(log: Path, launcher: subprocess.Popen, seconds: int = 120) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = re.search(r"workers started \(pids (\d+), (\d+)\)", log.read_text())
-        if found:
-            return [int(found[1]), int(found[2])]
-        assert launcher.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.2)
-    pytest.fail("the search started no workers:\n" + log.read_text()[-3000:])
+def _started_workers(log: Path, launcher: subprocess.Popen) -> list[int]:
+    found = wait_for(
+        "workers started by the search",
+        lambda: re.search(r"workers started \(pids (\d+), (\d+)\)", log.read_text()),
+        launcher,
+        log=log,
+    )
+    return [int(found[1]), int(found[2])]
 
 
 def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_path):
@@ -172,9 +150,6 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     # No pruner here (test_search covers it): every trial runs its 60 epochs, seconds, so
     # the worker is surely killed inside one. A lost worker is noticed after 10 s.
     command = [
-        sys.executable,
-        "-m",
-        "pipeline",
         "search=smoke",
         f"search.n_trials={n_trials}",
         "search.pruner=none",
@@ -188,40 +163,38 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     env = {**_env(server), "OPTUNA_STORAGE": server.optuna}
     log = tmp_path / "search.log"
     with open(log, "w") as out:
-        launcher = subprocess.Popen(
-            [*command, "search.workers=2"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        launcher = run_app(*command, "search.workers=2", env=env, popen=True, output=out)
     # One storage (one connection pool) for all the polling below: a URL would open a new
     # engine per call, and their idle connections exhaust the server's max_connections.
     storage = optuna.storages.RDBStorage(server.optuna)
     running = (optuna.trial.TrialState.RUNNING,)
     try:
         victim = _started_workers(log, launcher)[1]
-        deadline, killed = time.monotonic() + 600, None
-        while killed is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            try:
-                (summary,) = optuna.get_all_study_summaries(storage)
-            except ValueError:
-                continue  # no study yet
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            if any(
-                t.user_attrs.get("worker", "").endswith(f":{victim}") and (t.last_step or 0) >= 3
+
+        def victims(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+            return [
+                t
                 for t in study.get_trials(states=running)
-            ):
-                os.kill(victim, signal.SIGKILL)
-                time.sleep(1)  # the trial it died in: RUNNING until its heartbeat goes stale
-                (killed,) = [
-                    t.number
-                    for t in study.get_trials(states=running)
-                    if t.user_attrs.get("worker", "").endswith(f":{victim}")
-                ]
-        assert killed is not None, "no trial of the second worker got past epoch 3"
+                if t.user_attrs.get("worker", "").endswith(f":{victim}")
+            ]
+
+        def a_victims_trial_past_epoch_3() -> optuna.Study | None:
+            try:
+                study = the_study(storage)
+            except ValueError:
+                return None  # no study yet
+            return study if any((t.last_step or 0) >= 3 for t in victims(study)) else None
+
+        study = wait_for(
+            "trial of the second worker past epoch 3",
+            a_victims_trial_past_epoch_3,
+            launcher,
+            seconds=600,
+            log=log,
+        )
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1)  # the trial it died in: RUNNING until its heartbeat goes stale
+        (killed,) = [t.number for t in victims(study)]
         launcher.wait(timeout=900)
     finally:
         if launcher.poll() is None:
@@ -230,17 +203,15 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     # The study went on without the killed worker, and the launcher says what happened.
     assert launcher.returncode == 1, output[-3000:]
     assert f"pid {victim}) ended with killed by signal 9" in output
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    study = the_study(storage)
     assert study.trials[killed].state == optuna.trial.TrialState.FAIL  # stale heartbeat
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == n_trials
 
     # The same command again resumes: nothing left to train; it summarises and closes.
-    again = subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    again = run_app(*command, env=env, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert f"{n_trials} of {n_trials} trials done" in again.stdout + again.stderr
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    study = the_study(storage)
     parent, children = search_runs(server.uri, "search-pg")
     check_one_child_per_trial(study, parent, children, n_trials)
     killed_run = children[study.trials[killed].user_attrs["mlflow_run_id"]]
@@ -256,35 +227,14 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
 def test_stopping_make_server_after_its_postgresql_died_is_one_line(tmp_path):
     """PostgreSQL can die under the server (OOM killer, a crash): stopping `make server`
     then says so in a line and exits 0, instead of a pg_ctl traceback."""
-    _require("PostgreSQL", postgres.bindir)
-    _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
-    folder = Path(tempfile.mkdtemp(prefix="pipeline-server-"))
-    folder.chmod(0o755)
-    port, pg_port = free_port(), free_port()
-    log = folder / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.serve.server",
-                "--port",
-                str(port),
-                "--pg-port",
-                str(pg_port),
-                "--mlruns",
-                str(folder / "mlruns"),
-            ],
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    folder = _server_folder()
+    process, port, _, log = _start_server(folder)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process, log)
+        wait_http(f"http://127.0.0.1:{port}/health", process, log=log)
         cluster = postgres.Cluster(folder / "mlruns" / "postgres")
         postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
         os.kill(postmaster, signal.SIGKILL)
+        # Up to a minute for it to be seen stopped; not asserted (the server's own words are).
         deadline = time.monotonic() + 60
         while cluster.port() is not None and time.monotonic() < deadline:
             time.sleep(0.5)

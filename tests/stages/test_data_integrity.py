@@ -61,8 +61,8 @@ DAMAGE = {
 def digits(make_cfg):
     """The digits config, preprocessed once, and its good data."""
     cfg = make_cfg("data=digits")
-    dataset.prepare(cfg)
-    return cfg, dataset.load(cfg)
+    dataset.prepare(cfg.data)
+    return cfg, dataset.load(cfg.data)
 
 
 def _same_data(a, b):
@@ -76,12 +76,12 @@ def test_a_damaged_cache_is_rebuilt_on_load(digits, damage, caplog):
     cfg, good = digits
     damage(good.path)
     with caplog.at_level(logging.WARNING, logger="pipeline.preprocess"):
-        again = dataset.load(cfg)
+        again = dataset.load(cfg.data)
     _same_data(again, good)  # the true labels, and the good data's digests
     assert "rebuilding it from the raw data" in caplog.text
     # Rebuilt on disk too: the next load verifies without a rebuild.
     caplog.clear()
-    _same_data(dataset.load(cfg), good)
+    _same_data(dataset.load(cfg.data), good)
     assert "rebuilding" not in caplog.text
 
 
@@ -90,7 +90,7 @@ def test_a_damaged_cache_is_rebuilt_by_the_preprocess_stage(digits, damage, capl
     cfg, good = digits
     damage(good.path)
     with caplog.at_level(logging.WARNING, logger="pipeline.preprocess"):
-        assert dataset.prepare(cfg) == good.path
+        assert dataset.prepare(cfg.data) == good.path
     # The files on disk are the good data again, and their manifest says so.
     with np.load(good.path, allow_pickle=False) as npz:
         for k in good.arrays:
@@ -101,47 +101,47 @@ def test_a_damaged_cache_is_rebuilt_by_the_preprocess_stage(digits, damage, capl
 
 def test_a_damaged_cache_without_raw_files_says_to_download(tiny_mnist, make_cfg, tmp_path):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
-    download.fetch_all(cfg)
-    dataset.prepare(cfg)
-    out = dataset.output_path(cfg)
+    download.fetch_all(cfg.data)
+    dataset.prepare(cfg.data)
+    out = dataset.output_path(cfg.data)
     _flip_a_byte(out)
     shutil.rmtree(tmp_path / "data" / "raw")
     with pytest.raises(PipelineError, match=r"missing .* Run the download stage first"):
-        dataset.load(cfg)
+        dataset.load(cfg.data)
 
 
 def test_a_poisoned_raw_file_is_named_and_fetched_again(tiny_mnist, make_cfg, tmp_path):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
-    download.fetch_all(cfg)
-    dataset.prepare(cfg)
-    good = dataset.load(cfg)
+    download.fetch_all(cfg.data)
+    dataset.prepare(cfg.data)
+    good = dataset.load(cfg.data)
     # A well-formed labels file with the right count, but other labels: only its MD5 tells.
     labels = tmp_path / "data" / "raw" / "mnist" / "train-labels-idx1-ubyte.gz"
     write_idx(labels, (read_idx(labels) + 1) % 10)
     expected = download.MNIST_FILES[labels.name]
     actual = hashlib.md5(labels.read_bytes()).hexdigest()
     with pytest.raises(PipelineError) as e:
-        dataset.prepare(cfg)
+        dataset.prepare(cfg.data)
     message = str(e.value)
     assert str(labels) in message and expected in message and actual in message
     assert "download stage" in message
     # The download stage re-verifies what is there and fetches the bad file again.
-    download.fetch_all(cfg)
+    download.fetch_all(cfg.data)
     assert labels.read_bytes() == (tiny_mnist / labels.name).read_bytes()
-    dataset.prepare(cfg)
-    _same_data(dataset.load(cfg), good)
+    dataset.prepare(cfg.data)
+    _same_data(dataset.load(cfg.data), good)
 
 
 def test_the_cache_key_follows_the_raw_files_content(tiny_mnist, make_cfg, tmp_path):
     cfg = make_cfg(f"data.mirrors=[{tiny_mnist}]", "data.validation_size=50")
-    download.fetch_all(cfg)
-    first = dataset.output_path(cfg)
+    download.fetch_all(cfg.data)
+    first = dataset.output_path(cfg.data)
     images = tmp_path / "data" / "raw" / "mnist" / "t10k-images-idx3-ubyte.gz"
     original = images.read_bytes()
     write_idx(images, 255 - read_idx(images))
-    assert dataset.output_path(cfg) != first
+    assert dataset.output_path(cfg.data) != first
     images.write_bytes(original)
-    assert dataset.output_path(cfg) == first
+    assert dataset.output_path(cfg.data) == first
 
 
 def _dead_pid() -> int:
@@ -162,7 +162,7 @@ def test_temp_files_carry_the_writers_pid(tmp_path):
 
 def test_orphaned_temp_files_are_removed_live_ones_kept(make_cfg, tmp_path):
     cfg = make_cfg("data=digits")
-    folder = dataset.output_path(cfg).parent
+    folder = dataset.output_path(cfg.data).parent
     folder.mkdir(parents=True)
     dest = folder / "digits-0123456789abcdef.npz"
     dead = folder / (temp_prefix(dest, _dead_pid()) + "k2j4h5g6.part")
@@ -173,6 +173,6 @@ def test_orphaned_temp_files_are_removed_live_ones_kept(make_cfg, tmp_path):
         p.write_bytes(b"half an array")
     two_hours_ago = time.time() - 7200
     os.utime(old_unknown, (two_hours_ago, two_hours_ago))
-    dataset.prepare(cfg)
+    dataset.prepare(cfg.data)
     assert not dead.exists() and not old_unknown.exists()
     assert live.exists() and new_unknown.exists()

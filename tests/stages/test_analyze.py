@@ -5,6 +5,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SMALL_ANALYSIS
 from mlflow.tracking import MlflowClient
 
 from pipeline.app import run_stages
@@ -37,12 +38,7 @@ def analysed(tmp_path_factory):
         "baseline=none",
         "train.epochs=10",
         f"paths.data_dir={tmp / 'data'}",
-        "analyze.memorize_subset=300",
-        "analyze.memorize_wide_epochs=40",
-        "analyze.memorize_epochs=10",
-        "analyze.lr_epochs=5",
-        "analyze.seeds=3",
-        "analyze.noise_images=200",
+        *SMALL_ANALYSIS,
     ]
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         train_cfg = compose("config", overrides=overrides)
@@ -156,8 +152,8 @@ def test_shuffle_labels_permutes_a_fraction_and_keeps_the_label_counts(fraction)
 def test_label_shuffle_applies_to_training_labels_only(make_cfg):
     plain, noisy = make_cfg("data=digits"), make_cfg("data=digits", "data.label_shuffle=1.0")
     for cfg in (plain, noisy):
-        dataset.prepare(cfg)
-    a, b = dataset.load(plain), dataset.load(noisy)
+        dataset.prepare(cfg.data)
+    a, b = dataset.load(plain.data), dataset.load(noisy.data)
     np.testing.assert_array_equal(a.x("train"), b.x("train"))
     assert np.mean(a.y("train") != b.y("train")) > 0.8
     for split in ("val", "test"):

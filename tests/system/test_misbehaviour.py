@@ -15,7 +15,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,83 +22,44 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import free_port
+from helpers import TRAIN_ONCE, WAIT, free_port, run_app, sqlite_rows, wait_for
+from helpers.ui import serving_ui, ui_env
 from mlflow.tracking import MlflowClient
-from test_ui import _env as ui_env
-from test_ui import _serving
 
 from pipeline.app import run_stages
 from pipeline.data import download
 from pipeline.errors import PipelineError
-from pipeline.paths import PROJECT_ROOT
 from pipeline.tracking import parents, registry
 from pipeline.tracking import store as tracking_store
 
-WAIT = 300  # seconds: generous, for a loaded CI machine; every wait ends early when it can
-
 
 def _app(tmp_path, store: str | None, *overrides, popen=False, env=None, data="data=digits"):
-    """`python -m pipeline` on the digits, its data under tmp_path; a session of its own
-    when popen (so that a signal can go to its whole process group)."""
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
+    """`python -m pipeline` on the digits, its data under tmp_path, logging to store (or,
+    if None, to where the config says); a session of its own when popen (so that a signal
+    can go to its whole process group)."""
+    return run_app(
         *([data] if data else []),
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.run.dir={tmp_path / 'hydra'}",
         *overrides,
-    ]
-    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if store:
-        env["MLFLOW_TRACKING_URI"] = store
-    if popen:
-        return subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    return subprocess.run(
-        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=WAIT
+        env={**(env or {}), "MLFLOW_TRACKING_URI": store or None},
+        popen=popen,
     )
 
 
 def _runs(db: Path) -> list[tuple[str, str, dict]]:
     """(name, status, tags) of every run in a SQLite store, read-only; [] while it is made."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-            rows = connection.execute("SELECT run_uuid, name, status FROM runs").fetchall()
-            tags = connection.execute("SELECT run_uuid, key, value FROM tags").fetchall()
-            steps = connection.execute(
-                "SELECT run_uuid, COUNT(*) FROM metrics "
-                "WHERE key = 'val_accuracy' GROUP BY run_uuid"
-            ).fetchall()
-    except sqlite3.Error:
-        return []
+    rows = sqlite_rows(db, "SELECT run_uuid, name, status FROM runs")
+    tags = sqlite_rows(db, "SELECT run_uuid, key, value FROM tags")
+    steps = sqlite_rows(
+        db, "SELECT run_uuid, COUNT(*) FROM metrics WHERE key = 'val_accuracy' GROUP BY run_uuid"
+    )
     by_run: dict[str, dict] = {}
     for run_id, key, value in tags:
         by_run.setdefault(run_id, {})[key] = value
     for run_id, count in steps:
         by_run.setdefault(run_id, {})["(epochs logged)"] = count
     return [(name, status, by_run.get(run_id, {})) for run_id, name, status in rows]
-
-
-def _wait_for(what: str, check, process: subprocess.Popen | None = None, seconds: int = WAIT):
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        if process is not None and process.poll() is not None:
-            pytest.fail(
-                f"the process ended ({process.returncode}) before {what}:\n"
-                f"{process.stdout.read()[-3000:]}"
-            )
-        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
-        time.sleep(0.2)
-    return found
 
 
 def _group_alive(pgid: int) -> list[int]:
@@ -141,7 +101,7 @@ def test_ctrl_c_during_the_baseline_ends_its_run_killed_not_finished(tmp_path):
         "tracking.log_model=false",
         popen=True,
     )
-    _wait_for(
+    wait_for(
         "a scikit-learn epoch",
         lambda: any(
             tags.get("model_family") == "sklearn_mlp" and tags.get("(epochs logged)", 0) >= 1
@@ -201,7 +161,7 @@ def test_sigterm_during_training_ends_the_run_killed_and_exits_143(tmp_path):
         "train.epochs=100000",
         popen=True,
     )
-    _wait_for(
+    wait_for(
         "a training epoch", lambda: any(t.get("(epochs logged)", 0) for _, _, t in _runs(db)), app
     )
     app.send_signal(signal.SIGTERM)  # `kill <pid>`, as timeout(1) or a container stop does
@@ -241,7 +201,7 @@ def _two_children_training(db: Path):
 def test_ctrl_c_to_a_sweep_ends_the_parent_and_every_child_killed(tmp_path):
     db = tmp_path / "s.db"
     launcher = _sweep(tmp_path, db)
-    _wait_for("two children training", _two_children_training(db), launcher)
+    wait_for("two children training", _two_children_training(db), launcher)
     os.killpg(launcher.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
     output = _stopped(launcher)
     assert launcher.returncode == 130, output[-3000:]
@@ -259,12 +219,12 @@ def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_
         pytest.importorskip("ray", reason="the ray extra is not installed (make install-extras)")
     db = tmp_path / "s.db"
     launcher = _sweep(tmp_path, db, kind)
-    _wait_for("two children training", _two_children_training(db), launcher)
+    wait_for("two children training", _two_children_training(db), launcher)
     launcher.send_signal(signal.SIGTERM)  # the launcher alone: it must stop its workers
     start = time.monotonic()
     output, _ = launcher.communicate(timeout=WAIT)
     # Its joblib workers are gone with it, not training on, orphaned.
-    _wait_for("the workers to end", lambda: not _group_alive(launcher.pid), seconds=30)
+    wait_for("the workers to end", lambda: not _group_alive(launcher.pid), seconds=30)
     assert launcher.returncode == 143, output[-3000:]
     # (a local Ray cluster's own servers ignore SIGTERM for the 20 s they are given)
     assert time.monotonic() - start < 90, "the workers' runs took long to close"
@@ -291,17 +251,14 @@ def test_ctrl_c_while_the_first_run_makes_the_store_leaves_a_store_that_works(tm
             popen=True,
         )
         # its first tables are written (in the store itself, or in the temp file it is made in)
-        _wait_for("the store's first tables", lambda: _being_written(mlruns), app)
+        wait_for("the store's first tables", lambda: _being_written(mlruns), app)
         time.sleep(delay)  # into the migrations (not a wait for readiness)
         os.killpg(app.pid, signal.SIGINT)
         _stopped(app)
         after = _app(
             tmp_path,
             None,
-            "stages=[train]",
-            "baseline=none",
-            "train.epochs=1",
-            "tracking.log_model=false",
+            *TRAIN_ONCE,
             f"paths.mlruns_dir={mlruns}",
         )
         assert after.returncode == 0, (
@@ -414,8 +371,8 @@ def test_make_ui_closes_the_runs_left_running_by_ended_processes(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     tracking_store.initialise_sqlite(f"sqlite:///{db}")
     orphan = _orphan(f"sqlite:///{db}", "killed-elsewhere")
-    with _serving([], tmp_path, ui_env()):
-        _wait_for(
+    with serving_ui([], tmp_path, ui_env()):
+        wait_for(
             "the orphan to be closed",
             lambda: MlflowClient(f"sqlite:///{db}").get_run(orphan).info.status == "KILLED",
             seconds=120,
@@ -612,7 +569,7 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
     port = free_port()
     store = f"http://alice:{secret}@127.0.0.1:{port}"
     _app(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]")
-    with _serving([], server_dir, ui_env(), port=port) as (server, _):
+    with serving_ui([], server_dir, ui_env(), port=port) as (server, _):
         done = _app(tmp_path, store, "stages=[train,evaluate]", "train.epochs=2")
         assert done.returncode == 0, done.stderr[-3000:]
         shown = (
@@ -626,7 +583,7 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
             tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000", popen=True
         )
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        _wait_for(
+        wait_for(
             "a run training",
             lambda: client.search_runs(
                 [client.get_experiment_by_name("mnist").experiment_id],
@@ -641,18 +598,8 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
     assert app.returncode == 2 and "cannot reach the tracking server" in output, output[-3000:]
     assert secret not in output and "Traceback" not in output
 
-    with _serving([], server_dir, ui_env(), port=port):  # back: the next run closes the orphan
-        assert (
-            _app(
-                tmp_path,
-                store,
-                "stages=[train]",
-                "baseline=none",
-                "train.epochs=1",
-                "tracking.log_model=false",
-            ).returncode
-            == 0
-        )
+    with serving_ui([], server_dir, ui_env(), port=port):  # back: the next run closes the orphan
+        assert _app(tmp_path, store, *TRAIN_ONCE).returncode == 0
         statuses = [
             r.info.status
             for r in client.search_runs(
@@ -684,20 +631,11 @@ def _read_only_folder(tmp_path) -> Path:
 def test_a_read_only_data_folder_is_one_line_naming_it(tmp_path):
     folder = _read_only_folder(tmp_path)
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                f"paths.data_dir={folder}",
-                "stages=[download]",
-                f"data.mirrors=[{tmp_path}]",
-            ],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 's.db'}"},
+        result = run_app(
+            f"paths.data_dir={folder}",
+            "stages=[download]",
+            f"data.mirrors=[{tmp_path}]",
+            env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 's.db'}"},
         )
         output = result.stdout + result.stderr
         assert result.returncode == 2, output[-2000:]
