@@ -17,7 +17,13 @@ SEARCH ?= classic16
 LAUNCHER ?=
 PG_PORT ?= 5432
 
-.PHONY: install install-extras lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench lint format clean
+.DEFAULT_GOAL := help
+.PHONY: help install install-extras lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench lint format clean
+
+## this list: each target with the first line of its comment
+help:
+	@awk '/^## /{ if (!c) c = substr($$0, 4); next } /^[a-z][a-z-]*:/{ if (c) printf "  make %-13s %s\n", substr($$1, 1, length($$1) - 1), c } { c = "" }' $(MAKEFILE_LIST)
+	@echo "  python -m pipeline --help: the stages, presets and every setting"
 
 ## the locked environment: exactly the versions in uv.lock (uv itself is locked there too)
 install: $(STAMP)
@@ -71,7 +77,7 @@ reproduce: install
 register: install
 	$(PY) -m pipeline stages=[register] register.run_id=$(RUN_ID) $(ARGS)
 
-## serve the champion on 127.0.0.1:$(SERVE_PORT) (MODEL=digits-classifier for another)
+## serve the champion on 127.0.0.1:5001 (SERVE_PORT=, MODEL=digits-classifier for another)
 serve: install
 	$(PY) -m pipeline.serve.model --model $(MODEL) --port $(SERVE_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST))

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,22 +24,27 @@ from omegaconf import DictConfig
 from pipeline import config, interrupts, logs
 from pipeline.errors import RunFailed, user_error
 from pipeline.paths import PROJECT_ROOT
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, module
 
 log = logging.getLogger("pipeline")
 
 
-def run_stages(cfg: DictConfig) -> dict:
+def run_stages(cfg: DictConfig, summary: bool = False) -> dict:
     """Validate the config, then run the configured stages in order; return their outputs.
 
     Runs that fail (results["failures"]) do not stop the later stages, which work on the
-    runs that finished; RunFailed names them at the end.
+    runs that finished; RunFailed names them at the end. With `summary`, the runs trained
+    are summed up last (families, val and test accuracy, ids, where to open them).
     """
     config.validate(cfg, STAGES)
     results: dict = {}
     for stage in cfg.stages:
         log.info("stage %s", stage)
-        results[stage] = importlib.import_module(STAGES[stage]).run(cfg, results)
+        results[stage] = importlib.import_module(module(stage)).run(cfg, results)
+    if summary and results.get("train"):
+        from pipeline.tracking import runs
+
+        print(runs.summary(cfg, results["train"]), flush=True)
     if results.get("failures"):
         raise RunFailed(
             f"{len(results['failures'])} run(s) FAILED: " + "; ".join(results["failures"])
@@ -55,7 +61,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
-            run_stages(cfg)
+            run_stages(cfg, summary=True)
         except KeyboardInterrupt as e:  # interrupts.Interrupted too
             stopped(e)
         except RunFailed as e:  # recorded in MLflow with the reasons; a script must notice
@@ -76,9 +82,14 @@ def main(cfg: DictConfig) -> None:
     cfg.tracking.parent_run_id = sweep.parent_run_id(hydra_cfg.sweep.dir)
     cfg.tracking.skip_finished = True
     cfg.tracking.label = sweep.run_label(hydra_cfg.overrides.task)
-    result = {"config_hash": identity.config_hash(cfg), "overrides": list(hydra_cfg.overrides.task)}
+    cfg.quiet = True  # jobs run side by side: the launcher draws the sweep's one bar
+    result: dict[str, Any] = {
+        "config_hash": identity.config_hash(cfg),
+        "overrides": list(hydra_cfg.overrides.task),
+    }
     try:
-        result.update(status="ok", runs=run_stages(cfg).get("train", []))
+        run_ids = run_stages(cfg).get("train", [])
+        result.update(status="ok", runs=run_ids, best=sweep.best_run(run_ids))
     except KeyboardInterrupt as e:  # interrupts.Interrupted too
         # Its run is KILLED; this worker process ends too, so that it takes no next job
         # (the launcher, stopped by the same signal, is waiting for it to end).
@@ -118,7 +129,13 @@ def stopped(error: BaseException) -> None:
 
 def cli() -> None:
     """`python -m pipeline`: the Hydra app, with Hydra's own errors (an unknown key, a value
-    of the wrong type, a group given a scalar) as one line and exit 2, as ours are."""
+    of the wrong type, a group given a scalar) as one line and exit 2, as ours are; `--help`
+    is this app's own (usage.py), not Hydra's generic page."""
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        from pipeline import usage
+
+        print(usage.text())
+        return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of printing them
     try:
         main()

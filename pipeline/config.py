@@ -133,22 +133,34 @@ class SweepSettings:
     eta: dict[str, dict[str, float]] = field(default_factory=dict)  # activation -> step -> η
 
 
+# Field metadata of the search's settings: how to run it, not what it searches (a study is
+# the same whatever they are); set by the launcher for each worker process it starts.
+HOW = {"how": True}
+PER_WORKER = {"how": True, "per_worker": True}
+
+
 @dataclass
 class SearchConfig:
-    """An Optuna study over the config space (stage search, conf/search/, pipeline/search.py)."""
+    """An Optuna study over the config space (stage search, conf/search/, stages/search.py)."""
 
-    n_trials: int = 30  # the study ends with this many COMPLETE or PRUNED trials
-    workers: int = 1  # worker processes on this machine (other machines: the same command)
-    worker_index: int = 0  # set per worker process; seeds its sampler
-    summarize: bool = True  # false for workers started by a search, which summarises itself
-    study: str | None = None  # default: <preset>-<key of space, overrides, code>
+    # the study ends with this many COMPLETE or PRUNED trials
+    n_trials: int = field(default=30, metadata=HOW)
+    # worker processes on this machine (other machines: the same command)
+    workers: int = field(default=1, metadata=PER_WORKER)
+    worker_index: int = field(default=0, metadata=PER_WORKER)  # seeds the worker's sampler
+    # false for workers started by a search, which summarises itself
+    summarize: bool = field(default=True, metadata=PER_WORKER)
+    # default: <preset>-<key of space, overrides, code>
+    study: str | None = field(default=None, metadata=PER_WORKER)
     sampler: str = "tpe"
     pruner: str = "median"
     pruner_startup_trials: int = 5  # trials that run to the end before any is pruned
     pruner_warmup_epochs: int = 3  # epochs of every trial before it may be pruned
     seed: int = 0
-    storage: str | None = None  # default: OPTUNA_STORAGE, else sqlite beside the MLflow store
-    stale_after: int = 30  # seconds without a heartbeat (one every 5 s): the worker is gone
+    # default: OPTUNA_STORAGE, else sqlite beside the MLflow store
+    storage: str | None = field(default=None, metadata=PER_WORKER)
+    # seconds without a heartbeat (one every 5 s): the worker is gone
+    stale_after: int = field(default=30, metadata=HOW)
     # config key -> {low, high[, log]} or {choices: [...]}
     space: dict[str, Any] = field(default_factory=dict)
 
@@ -159,6 +171,7 @@ class Config:
         default_factory=lambda: ["download", "preprocess", "train", "evaluate"]
     )
     seed: int = 0  # the network's initial weights and every epoch's shuffle
+    quiet: bool = False  # no progress bars (they are off anyway when not on a terminal)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -203,6 +216,12 @@ RECIPE_KEYS = [
 TWEAK_KEYS = _dotted("train", SGDConfig, _is_tweak) + _dotted(
     "train.augment", AugmentConfig, _is_tweak
 )
+
+
+def search_keys(role: str) -> list[str]:
+    """search.* settings marked `role` (HOW: how to run a search; per_worker: set by the
+    launcher for each of its workers)."""
+    return _dotted("search", SearchConfig, lambda f: bool(f.metadata.get(role)))
 
 
 def conditional_keys(cfg) -> list[str]:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import mlflow
-from tqdm import tqdm
 
+from pipeline import progress
 from pipeline.families import metrics
 from pipeline.families.base import Family
 from pipeline.tracking import runs
@@ -39,8 +39,12 @@ def train(family: Family, cfg, data, report: Report | None = None) -> str:
         model = family.build(cfg, x)
         if extra := family.model_params(model, cfg):
             mlflow.log_params(extra)
-        with tqdm(
-            total=cfg.train.epochs, desc=f"train {family.label}", unit="epoch", disable=None
+        with progress.bar(
+            cfg.train.epochs,
+            f"train {family.label}",
+            "epoch",
+            cfg.quiet,
+            leave=cfg.tracking.parent_run_id is None,  # a trial's bar goes when it ends
         ) as bar:
 
             def on_epoch(epoch: int, learning_rate: float, epoch_seconds: float) -> None:

@@ -29,6 +29,7 @@ import pandas as pd
 from pipeline.data import dataset
 from pipeline.engine import DivergenceError, Network, SGDConfig, train
 from pipeline.errors import PipelineError
+from pipeline.families import OURS
 from pipeline.families.numpy_mlp import build_network, sgd_config
 from pipeline.logs import redact
 from pipeline.tracking import identity, runs, store
@@ -47,10 +48,10 @@ def run(cfg, results: dict) -> str:
         raise PipelineError(
             f"analyze: no run {run_id} in {redact(store.tracking_uri(cfg))}"
         ) from None
-    if source.data.tags.get("model_family") != "numpy_mlp":
+    if source.data.tags.get("model_family") != OURS:
         raise PipelineError(
             f"analyze: run {run_id} is not a run of this project's network "
-            "(tag model_family=numpy_mlp); name one with analyze.run_id=<id>"
+            f"(tag model_family={OURS}); name one with analyze.run_id=<id>"
         )
     run_cfg = identity.logged_config(cfg, run_id)
     net = Network.load(
@@ -102,7 +103,7 @@ def latest_run_id(experiment_id: str, model_name: str) -> str:
     a sweep's child (whose recipe may be overridden) unless named by id."""
     runs = mlflow.search_runs(
         [experiment_id],
-        "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
+        f"attributes.status = 'FINISHED' and tags.model_family = '{OURS}' "
         f"and tags.kind = 'training' and tags.model_name = '{model_name}'",
         order_by=["attributes.start_time DESC"],
     )
@@ -367,7 +368,7 @@ def accuracy_by_size(experiment_id: str, report: Report) -> pd.DataFrame:
     by model name and parameter count) against its number of weights and biases."""
     runs = mlflow.search_runs(
         [experiment_id],
-        "attributes.status = 'FINISHED' and tags.model_family = 'numpy_mlp' "
+        f"attributes.status = 'FINISHED' and tags.model_family = '{OURS}' "
         "and tags.kind = 'training'",
     )
     # Columns absent from the search (no such runs, or runs from before n_params) are NaN.

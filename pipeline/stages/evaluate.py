@@ -69,5 +69,9 @@ def log_evaluation(
         client.log_figure(run_id, fig, "evaluation/misclassified.png")
         plt.close(fig)
     log.info(
-        "evaluate: accuracy %.4f, %d mistakes", report["accuracy"], int((predicted != y).sum())
+        "evaluate: %s: test accuracy %.4f, %d mistakes (confusion matrix and misclassified "
+        "digits logged to the run)",
+        client.get_run(run_id).info.run_name,
+        report["accuracy"],
+        int((predicted != y).sum()),
     )

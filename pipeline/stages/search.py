@@ -60,17 +60,9 @@ HEARTBEAT_SECONDS = 5
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 # Overrides that say how to run the search, not what it searches: a study is the same
 # study whatever they are (more trials or workers extend it).
-_HOW = (
-    "search.n_trials",
-    "search.workers",
-    "search.worker_index",
-    "search.summarize",
-    "search.study",
-    "search.storage",
-    "search.stale_after",
-    "stages",
-    "hydra.",
-)
+_HOW = (*config.search_keys("how"), "stages", "hydra.")
+# What the launcher sets for each worker it starts, in place of the command line's.
+_PER_WORKER = (*config.search_keys("per_worker"), "stages", "hydra.run.dir")
 
 
 class Pruned(RunStopped):
@@ -320,19 +312,7 @@ def launch_workers(cfg, study: optuna.Study) -> list[str]:
     line per worker that did not end well."""
     run_dir = HydraConfig.get().runtime.output_dir
     overrides = [
-        str(o)
-        for o in HydraConfig.get().overrides.task
-        if not str(o).startswith(
-            (
-                "search.workers",
-                "search.worker_index",
-                "search.study",
-                "search.summarize",
-                "search.storage",
-                "stages",
-                "hydra.run.dir",
-            )
-        )
+        str(o) for o in HydraConfig.get().overrides.task if not str(o).startswith(_PER_WORKER)
     ]
     # The storage URL may hold a password: to the workers by environment, not command line.
     env = {

@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config as schema
-from pipeline import interrupts, logs
+from pipeline import interrupts, logs, progress
 from pipeline.config import plain
 from pipeline.tracking import identity, parents, store
 
@@ -33,6 +33,7 @@ PARENT_FILE = "parent_run_id"
 
 
 RESULT_FILE = "result.json"
+_WATCHES: list[progress.Watch] = []  # the bar of the sweep this process launches
 
 
 # Settings every training run's name already shows (describe.run_name).
@@ -61,6 +62,61 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
 
 def write_job_result(output_dir: str | Path, result: dict) -> None:
     Path(output_dir, RESULT_FILE).write_text(json.dumps(result, indent=2))
+
+
+def best_run(run_ids: list[str]) -> dict | None:
+    """The job's run with the best validation accuracy: its name, val and test accuracy
+    (the launcher's progress shows the best so far)."""
+    client = mlflow.MlflowClient()
+    found = [client.get_run(run_id) for run_id in run_ids]
+    scored = [r for r in found if "val_accuracy" in r.data.metrics]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r.data.metrics["val_accuracy"])
+    return {
+        "run_name": best.info.run_name,
+        "val_accuracy": best.data.metrics["val_accuracy"],
+        "test_accuracy": best.data.metrics.get("test_accuracy"),
+    }
+
+
+def job_results(sweep_dir: Path) -> list[dict]:
+    """The results the sweep's jobs have written so far (a job being written is skipped)."""
+    results = []
+    for path in sorted(sweep_dir.glob(f"*/{RESULT_FILE}")):
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return results
+
+
+def job_count(config) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of the preset's grid and the command
+    line's comma lists (None for another sweeper)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
+        return None
+    grid = [f"{k}={v}" for k, v in swept(config).items()]
+    try:
+        parsed = OverridesParser.create().parse_overrides(grid)
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # noqa: BLE001 — only a progress bar's total
+        return None
+
+
+def sweep_progress(sweep_dir: Path) -> tuple[int, str]:
+    """(jobs ended, 'best val … · <run>' so far, with the failures) for the sweep's bar."""
+    results = job_results(sweep_dir)
+    failed = sum(r["status"] != "ok" for r in results)
+    bests = [r["best"] for r in results if r.get("best")]
+    note = f"{failed} failed · " if failed else ""
+    if bests:
+        best = max(bests, key=lambda b: b["val_accuracy"])
+        note += f"best val {best['val_accuracy']:.4f}: {best['run_name']}"
+    return len(results), note
 
 
 class SweepCallback(Callback):
@@ -93,11 +149,23 @@ class SweepCallback(Callback):
             sys.exit(1)
         (sweep_dir / PARENT_FILE).write_text(parent)
         log.info("sweep: parent run %s", parent)
+        # Not an attribute of the callback: the launcher pickles it for the jobs.
+        _WATCHES.append(
+            progress.Watch(
+                progress.bar(job_count(config), "sweep", "job", bool(config.get("quiet"))),
+                lambda: sweep_progress(sweep_dir),
+            ).__enter__()
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        while _WATCHES:
+            _WATCHES.pop().__exit__(None, None, None)
+        self.summarize(config)
+
+    def summarize(self, config: DictConfig) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = parent_run_id(sweep_dir)
-        results = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"))]
+        results = job_results(sweep_dir)
         failed = [r for r in results if r["status"] != "ok"]
         if parent is None:  # Hydra turns an exception here into a warning: exit instead
             log.error(

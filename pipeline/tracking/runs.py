@@ -163,3 +163,24 @@ def finished_run_id(cfg, family: str) -> str | None:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def summary(cfg, run_ids: list[str]) -> str:
+    """A few lines for the end of a command: each run's family, validation and test
+    accuracy and id, and where to open them."""
+    client = mlflow.MlflowClient()
+    found = [client.get_run(run_id) for run_id in run_ids]
+    if not found:
+        return ""
+    lines = [f"{'':2}{'run':<44} {'val':>7} {'test':>7}  id"]
+    for r in found:
+        m = r.data.metrics
+        val, test = m.get("val_accuracy"), m.get("test_accuracy")
+        lines.append(
+            f"  {r.info.run_name[:44]:<44} {val if val is None else f'{val:.4f}':>7} "
+            f"{test if test is None else f'{test:.4f}':>7}  {r.info.run_id}"
+        )
+    experiment_id = found[0].info.experiment_id
+    hint = "" if store.tracking_uri(cfg).startswith("http") else " (after `make ui`)"
+    lines.append(f"open them{hint}: {store.ui_link(cfg, experiment_id)}")
+    return "\n".join(lines)

@@ -42,6 +42,21 @@ def tracking_uri(cfg) -> str:
     return f"sqlite:///{from_root(cfg.paths.mlruns_dir) / 'mlflow.db'}"
 
 
+UI_PORT = 5000  # make ui's default port
+
+
+def ui_link(cfg, experiment_id: str, run_id: str | None = None) -> str:
+    """Where a person opens an experiment (or one run of it) in the MLflow UI: on the
+    tracking server when there is one (credentials stripped), else on `make ui`'s default
+    address; in the model-training view, which MLflow's UI does not pick by itself."""
+    uri = tracking_uri(cfg)
+    base = redact(uri).rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{UI_PORT}"
+    page = f"runs/{run_id}" if run_id else ""
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning".replace(
+        "/?", "?"
+    )
+
+
 def artifact_root(cfg) -> str:
     return (from_root(cfg.paths.mlruns_dir) / "artifacts").as_uri()
 

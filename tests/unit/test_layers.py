@@ -10,7 +10,7 @@ from pipeline.paths import PROJECT_ROOT
 
 # Each layer and what it may import besides itself (docs/architecture.md). The helpers at
 # the foot (errors, logs, paths, interrupts) serve every layer above the engine.
-FOOT = {"errors", "logs", "paths", "interrupts"}
+FOOT = {"errors", "logs", "paths", "interrupts", "progress"}
 BELOW_STAGES = {"foot", "engine", "data", "config", "tracking", "families"}
 MAY_IMPORT = {
     "engine": set(),  # numpy and scipy only: test_network checks what it loads
@@ -28,7 +28,7 @@ MAY_IMPORT = {
 def layer(module: str) -> str:
     """The layer of a module of the package, e.g. pipeline.tracking.runs -> tracking."""
     parts = module.split(".")[1:]
-    if not parts or parts[0] in ("app", "__main__"):
+    if not parts or parts[0] in ("app", "__main__", "usage"):
         return "app"
     if parts == ["families"]:  # the table of families (names and modules), nothing more
         return "families table"
