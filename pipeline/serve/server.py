@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.paths import from_root
@@ -34,21 +33,6 @@ def backend_url(db: str) -> str:
             "postgresql://user:password@host:port/database"
         )
     return url
-
-
-def server_command(args, artifacts: Path, allowed: str | None) -> list[str]:
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--serve-artifacts",
-        "--artifacts-destination",
-        artifacts.as_uri(),
-    ]
-    return command + (["--allowed-hosts", allowed] if allowed else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,22 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = mlruns / "server-artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         url = ui.jobs_url(args.host, args.port, args.allowed_hosts)
+        base = ui.local_url(args.host, args.port)
         print(
-            f"MLflow UI: {ui.local_url(args.host, args.port)}   backend: PostgreSQL "
-            f"{backend.split('@')[-1]}, artifacts proxied to {artifacts}\n"
-            f"  jobs log with MLFLOW_TRACKING_URI={url}",
-            flush=True,
+            f"starting the MLflow server on {base} (its link follows once it answers)", flush=True
+        )
+        ready = (
+            f"MLflow UI: {base}   backend: PostgreSQL {backend.split('@')[-1]}, artifacts "
+            f"proxied to {artifacts}\n  jobs log with MLFLOW_TRACKING_URI={url}"
         )
         if cluster is not None:  # the password stays in its file, off screens and logs
             shown = cluster.url(pg_port, "optuna", password=f"$(cat {cluster.secret})")
-            print(
-                f"  searches on this machine share the study database (it listens on "
-                f'127.0.0.1 only):\n    export OPTUNA_STORAGE="{shown}"',
-                flush=True,
+            ready += (
+                f"\n  searches on this machine share the study database (it listens on "
+                f'127.0.0.1 only):\n    export OPTUNA_STORAGE="{shown}"'
             )
         # The backend URL holds a password: given in the environment, not on the command line.
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend}
-        return ui.run_server(server_command(args, artifacts, allowed), env=env)
+        command = ui.server_command(args.host, args.port, artifacts, allowed)
+        return ui.run_server(command, env=env, ready=(ui.health_url(args.host, args.port), ready))
     finally:
         if started and cluster is not None:
             try:

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import interrupts
@@ -149,23 +150,30 @@ def exposure_warning(host: str, port: int, allowed_hosts: str | None) -> str:
 
 
 def server_command(
-    host: str, port: int, mlruns: Path, allowed_hosts: str | None = None
+    host: str,
+    port: int,
+    artifacts: Path,
+    allowed_hosts: str | None = None,
+    backend: str | None = None,
+    default_artifact_root: str | None = None,
 ) -> list[str]:
-    mlflow = Path(sys.executable).with_name("mlflow")
+    """The MLflow server (mlflow_server.py) on host:port, artifacts in `artifacts`; the
+    backend URI on the command line, or (backend None) from MLFLOW_BACKEND_STORE_URI."""
     command = [
-        str(mlflow),
-        "server",
+        sys.executable,
+        "-m",
+        "pipeline.serve.mlflow_server",
         "--host",
         host,
         "--port",
         str(port),
-        "--backend-store-uri",
-        f"sqlite:///{mlruns / 'mlflow.db'}",
-        "--default-artifact-root",
-        (mlruns / "artifacts").as_uri(),
         "--artifacts-destination",
-        (mlruns / "artifacts").as_uri(),
+        artifacts.as_uri(),
     ]
+    if backend:
+        command += ["--backend-store-uri", backend]
+    if default_artifact_root:
+        command += ["--default-artifact-root", default_artifact_root]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
     return command
@@ -206,12 +214,16 @@ def stop_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
 
 
 def run_server(
-    command: list[str], env: dict[str, str] | None = None, ready: tuple[str, str] | None = None
+    command: list[str],
+    env: dict[str, str] | None = None,
+    ready: tuple[str, str] | None = None,
+    after_ready: Callable[[], None] | None = None,
 ) -> int:
     """Run command in a new process group until it exits or we are told to stop.
 
     `ready` = (url, message): the message is printed once the url answers HTTP 200, so
-    that "ready" is never said before it is true.
+    that "ready" is never said before it is true; then after_ready() runs (in the
+    background).
 
     Returns the server's exit status, or 0 when a signal asked us to stop. Either way no
     process of its group outlives this function: uvicorn's workers included.
@@ -232,7 +244,9 @@ def run_server(
     # A session of its own: the terminal's Ctrl-C reaches us only, and we stop the server.
     server = subprocess.Popen(command, start_new_session=True, env=env)
     if ready is not None:
-        threading.Thread(target=announce_when_ready, args=(server, *ready), daemon=True).start()
+        threading.Thread(
+            target=announce_when_ready, args=(server, *ready, after_ready), daemon=True
+        ).start()
     try:
         if stop_requested:
             _signal_group(server.pid, signal.SIGTERM)
@@ -245,13 +259,18 @@ def run_server(
     return 128 - status if status < 0 else status  # killed by a signal: the shell's convention
 
 
-def announce_when_ready(server: subprocess.Popen, url: str, message: str) -> None:
-    """Print `message` as soon as `url` answers 200, unless the server ends first."""
+def announce_when_ready(
+    server: subprocess.Popen, url: str, message: str, then: Callable[[], None] | None = None
+) -> None:
+    """Print `message` as soon as `url` answers 200, unless the server ends first; then
+    run then()."""
     while server.poll() is None:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
                     print(message, flush=True)
+                    if then is not None:
+                        then()
                     return
         except OSError:
             pass
@@ -304,40 +323,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mlruns = from_root(args.mlruns)
-    try:
-        prepare_store(mlruns / "mlflow.db")
-    except Exception as e:  # noqa: BLE001 — e.g. a store of runs at an older schema
-        from pipeline.errors import user_error
-
-        print(f"error: {user_error(e) or e}", file=sys.stderr)
-        return 2
-    print(
-        f"MLflow UI: {local_url(args.host, args.port)}   (tracking URI for jobs elsewhere: "
-        f"MLFLOW_TRACKING_URI={jobs_url(args.host, args.port, args.allowed_hosts)})",
-        flush=True,
+    base = local_url(args.host, args.port)
+    print(f"starting the MLflow UI on {base} (its link follows once it answers)", flush=True)
+    links = "".join(
+        f"\n  {name}: {url}" for name, url in experiment_links(mlruns / "mlflow.db", base)
     )
-    for name, url in experiment_links(mlruns / "mlflow.db", local_url(args.host, args.port)):
-        print(f"  {name}: {url}", flush=True)
-    return run_server(server_command(args.host, args.port, mlruns, allowed))
+    ready = (
+        f"MLflow UI: {base}   (tracking URI for jobs elsewhere: "
+        f"MLFLOW_TRACKING_URI={jobs_url(args.host, args.port, args.allowed_hosts)}){links}"
+    )
+    artifacts = mlruns / "artifacts"
+    command = server_command(
+        args.host,
+        args.port,
+        artifacts,
+        allowed,
+        backend=f"sqlite:///{mlruns / 'mlflow.db'}",
+        default_artifact_root=artifacts.as_uri(),
+    )
+    # The server builds the store whole before it opens it (a store it cannot use: one line,
+    # exit 2); then runs left RUNNING by ended processes are closed (reap_later).
+    return run_server(
+        command,
+        ready=(health_url(args.host, args.port), ready),
+        after_ready=lambda: reap_later(mlruns / "mlflow.db"),
+    )
 
 
-def prepare_store(db: Path) -> None:
-    """Build the store whole before the server opens it (tracking/store.py), then close, in
-    the background, the runs left RUNNING by processes that have ended (killed runs, a
-    killed sweep's children): the UI shows no run as running that is not."""
-    from pipeline.tracking import store
+def health_url(host: str, port: int) -> str:
+    return f"{local_url(host, port)}/health"
 
-    uri = f"sqlite:///{db}"
-    store.initialise_sqlite(uri)
 
-    def reap():
-        try:
-            store.mlflow.set_tracking_uri(uri)
-            store.reap_orphans()
-        except Exception as e:  # noqa: BLE001 — the UI serves all the same
-            print(f"(could not close runs left RUNNING: {str(e)[:200]})", file=sys.stderr)
+def reap_later(db: Path) -> None:
+    """Close the runs left RUNNING by processes that have ended (killed runs, a killed
+    sweep's children), once the server is up (so that MLflow's import here does not slow
+    its start): the UI shows no run as running that is not."""
+    try:
+        from pipeline.tracking import store
 
-    threading.Thread(target=reap, daemon=True).start()
+        store.mlflow.set_tracking_uri(f"sqlite:///{db}")
+        store.reap_orphans()
+    except Exception as e:  # noqa: BLE001 — the UI serves all the same
+        print(f"(could not close runs left RUNNING: {str(e)[:200]})", file=sys.stderr)
 
 
 def experiment_links(db: Path, base: str) -> list[tuple[str, str]]:

@@ -94,8 +94,46 @@ def run(cfg, results: dict) -> str:
         gradient_magnitudes(net, data, report)
         accuracy_by_size(experiment_id, report)
         report.log()
-        log.info("analyze: run %s analysed in run %s", run_id, active.info.run_id)
+        report_uri = mlflow.get_artifact_uri("report/analysis.html")
+        log.info(
+            "analyze: %s (run %s), what it learned:\n  %s\nthe report: %s (opens in a browser; "
+            "or in the MLflow UI, run %s, artifacts → report/analysis.html: %s)",
+            source.info.run_name,
+            run_id,
+            "\n  ".join(headline(report.values, a)),
+            report_uri,
+            active.info.run_id,
+            store.ui_link(cfg, source.info.experiment_id, active.info.run_id),
+        )
         return active.info.run_id
+
+
+def headline(v: dict[str, float], a) -> list[str]:
+    """The findings in a sentence each, from the report's metrics."""
+    lines = []
+    if "noise_confident_fraction" in v:
+        lines.append(
+            f"noise: {v['noise_confident_fraction']:.0%} of random-noise images get an answer "
+            f"with ≥{CONFIDENT:.0%} of the top output (test digits: "
+            f"{v['digits_confident_fraction']:.0%}); it has no way to say 'none of these'"
+        )
+    if "wide_shuffled_train_accuracy" in v:
+        lines.append(
+            f"random labels: a wide net memorises them to "
+            f"{v['wide_shuffled_train_accuracy']:.0%} training accuracy, "
+            f"{v['wide_shuffled_test_accuracy']:.0%} on test (chance: 10%)"
+        )
+    costs = {k: c for k, c in v.items() if k.startswith("final_train_cost_eta_") and np.isfinite(c)}
+    if costs:
+        best = min(costs, key=lambda k: costs[k])
+        lines.append(f"learning rate: the lowest final training cost at η={best.rsplit('_', 1)[1]}")
+    if "seed_test_accuracy_mean" in v:
+        lines.append(
+            f"seeds: test accuracy {v['seed_test_accuracy_mean']:.4f} ± "
+            f"{v['seed_test_accuracy_std']:.4f} over {a.seeds} seeds "
+            f"({v['seed_test_accuracy_min']:.4f}–{v['seed_test_accuracy_max']:.4f})"
+        )
+    return lines
 
 
 def latest_run_id(experiment_id: str, model_name: str) -> str:

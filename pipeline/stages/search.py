@@ -44,7 +44,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from pipeline import config, families, interrupts
+from pipeline import config, families, interrupts, progress
 from pipeline.data import dataset
 from pipeline.engine import DivergenceError
 from pipeline.errors import PipelineError, RunFailed, RunStopped
@@ -84,12 +84,18 @@ def run(cfg, results: dict) -> str:
             f"{str(e)[:300]}. Nothing was run; check MLFLOW_TRACKING_URI (is the "
             "server up? is the store writable?)"
         ) from e
+    # The launcher's (or the only worker's) bar: trials done of n_trials, the best so far.
+    watch = progress.Watch(
+        progress.bar(cfg.search.n_trials, "search", "trial", cfg.quiet or not cfg.search.summarize),
+        lambda: search_progress(study),
+    )
     try:
-        if cfg.search.workers > 1:
-            ended = launch_workers(cfg, study)
-        else:
-            ended = []
-            work(cfg, study, parent)
+        with watch:
+            if cfg.search.workers > 1:
+                ended = launch_workers(cfg, study)
+            else:
+                ended = []
+                work(cfg, study, parent)
     except KeyboardInterrupt as e:  # a stop signal (interrupts.Interrupted): workers stopped
         if cfg.search.summarize:
             close_parent(parent, "KILLED", interrupts.reason(e))
@@ -307,6 +313,20 @@ def close_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
 # ---- workers ----------------------------------------------------------------------------
 
 
+def search_progress(study: optuna.Study) -> tuple[int, str]:
+    """(trials done, the best so far: its val_accuracy and trial number) for the bar."""
+    trials = study.get_trials(deepcopy=False, states=DONE)
+    scored = [
+        (t.value, t.number)
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.value is not None
+    ]
+    if not scored:
+        return len(trials), ""
+    value, number = max(scored)
+    return len(trials), f"best val {value:.4f} (trial {number})"
+
+
 def launch_workers(cfg, study: optuna.Study) -> list[str]:
     """Run search.workers worker processes of this command here; wait for them; return a
     line per worker that did not end well."""
@@ -333,6 +353,7 @@ def launch_workers(cfg, study: optuna.Study) -> list[str]:
                 "search.workers=1",
                 f"search.worker_index={i}",
                 "search.summarize=false",
+                "quiet=true",  # the launcher draws the one bar
                 f"search.study={study.study_name}",
                 f"hydra.run.dir={run_dir}/worker-{i}",
             ],

@@ -20,6 +20,7 @@ class Report:
 
     def __init__(self, folder: Path, run_id: str):
         self.folder, self.lines = folder, [f"# Analysis of run `{run_id}`", ""]
+        self.values: dict[str, float] = {}  # every metric reported, for the headline
 
     def section(self, title: str, text: str) -> None:
         self.lines += [f"## {title}", "", text, ""]
@@ -36,6 +37,7 @@ class Report:
 
     def metrics(self, values: dict) -> None:
         mlflow.log_metrics(values)
+        self.values.update(values)
         self.lines += [f"- `{k}` = {v:.4g}" for k, v in values.items()] + [""]
 
     def log(self) -> None:

@@ -80,14 +80,14 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def _wait_until_it_starts_the_server(process: subprocess.Popen, tmp_path: Path) -> str:
-    """ui.py's output once it has checked the port and launches `mlflow server`."""
+    """ui.py's output once it has checked the port and starts the MLflow server."""
     log = tmp_path / "ui.log"
 
     def started() -> str:
         output = log.read_text()
-        return output if "MLflow UI:" in output else ""
+        return output if "starting the MLflow UI on" in output else ""
 
-    return wait_for("`MLflow UI:` line from ui.py", started, process, log=log)
+    return wait_for("`starting the MLflow UI` line from ui.py", started, process, log=log)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ def test_the_port_check_uses_the_address_family_of_the_host(tmp_path):
             output = _wait_until_it_starts_the_server(process, tmp_path)
         finally:
             stop_ui(process)
-    assert f"MLflow UI: http://[::1]:{port}" in output
+    assert f"starting the MLflow UI on http://[::1]:{port}" in output
 
 
 def test_binding_beyond_loopback_warns_that_there_is_no_authentication(tmp_path):
@@ -166,10 +166,30 @@ def test_sigterm_stops_every_process_the_server_started(tmp_path):
         wait_http(health_url("127.0.0.1", port), process, log=tmp_path / "ui.log")
         pids |= descendants(process.pid)
         pgids |= groups(pids)
-        assert len(pids) >= 3, "expected the mlflow CLI, uvicorn and its workers"
+        assert len(pids) >= 3, "expected the server, uvicorn's supervisor and its workers"
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
         assert process.returncode == 0
         assert survivors(pids, pgids) == {}
     finally:
         stop_ui(process, frozenset(pids), frozenset(pgids))
+
+
+def test_the_link_is_printed_once_the_server_answers_and_not_before(tmp_path):
+    """`make ui` says its link when /health answers: the first request after the line
+    succeeds at once (it used to come 27-155 s before the server was up)."""
+    port = free_port()
+    process = start_ui(["--port", str(port)], tmp_path, ui_env())
+    log = tmp_path / "ui.log"
+    try:
+        wait_for(
+            "the UI's link",
+            lambda: "MLflow UI: http://127.0.0.1" in log.read_text(),
+            process,
+            log=log,
+        )
+        assert _get("127.0.0.1", port, "/health") == 200
+        output = log.read_text()
+        assert output.index("starting the MLflow UI on") < output.index("MLflow UI: http")
+    finally:
+        stop_ui(process)
