@@ -113,8 +113,8 @@ search: install
 test: install-extras
 	$(PY) -m pytest $(ARGS)
 
-## the suite without the slow tests
-test-fast: install-extras
+## the suite without the slow tests (and without the optional extras: what needs them skips)
+test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 ## ruff (lint and format check) and mypy over the code; `make format` rewrites it in place

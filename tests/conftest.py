@@ -22,12 +22,19 @@ pytest.register_assert_rewrite("helpers")
 _REAL_MIRROR = os.environ.get(download.MIRROR_ENV)
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch, tmp_path):
+def _isolated_environment(monkeypatch, tmp_path, _session_cache):
     """Tests name their mirrors explicitly (the developer's or CI's must not leak in), and
-    log to a store of their own, never to the project's mlruns/."""
+    log to a store of their own, never to the project's mlruns/. The empty MLflow store a
+    new store is copied from (tracking/store.py) is the session's, not the user's."""
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'test-mlflow.db'}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_session_cache))
 
 
 @pytest.fixture

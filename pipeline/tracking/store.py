@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import tempfile
@@ -153,22 +154,61 @@ def initialise_sqlite(uri: str) -> None:
 
 
 def _build_sqlite_store(db: Path) -> None:
-    """MLflow's schema, built in a temp file and renamed onto `db` once complete."""
-    import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables  # what MLflow runs on an empty store
+    """MLflow's schema, built in a temp file and renamed onto `db` once complete.
 
+    MLflow's migrations take 3-4 s; the empty store they make holds nothing of its path
+    (tables and a schema version only), so it is kept once per schema version in the
+    user's cache (empty_store) and a new store is a copy of it."""
     fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=temp_prefix(db), suffix=".part")
     os.close(fd)
     try:
-        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
-        try:
-            _initialize_tables(engine)
-        finally:
-            engine.dispose()
+        template = empty_store()
+        if template is not None and template.exists() and _schema_problem(template) is None:
+            shutil.copyfile(template, tmp)
+        else:
+            _initialize(Path(tmp))
+            if template is not None:
+                _keep_as_template(Path(tmp), template)
         os.replace(tmp, db)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _initialize(db: Path) -> None:
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow runs on an empty store
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def empty_store() -> Path | None:
+    """Where the empty store of this MLflow's schema version is kept ($XDG_CACHE_HOME or
+    ~/.cache, mnist-pipeline/); None where there is no home to keep it in."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    cache = os.environ.get("XDG_CACHE_HOME") or (
+        str(Path.home() / ".cache") if Path.home() != Path("/") else ""
+    )
+    if not cache:
+        return None
+    return Path(cache) / "mnist-pipeline" / f"empty-mlflow-store-{_get_latest_schema_revision()}.db"
+
+
+def _keep_as_template(built: Path, template: Path) -> None:
+    """A copy of a freshly built empty store, whole or not at all (a cache: a failure to
+    write it costs the next store 3-4 s, nothing else)."""
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        part = template.with_name(f"{template.name}.{os.getpid()}.part")
+        shutil.copyfile(built, part)
+        os.replace(part, template)
+    except OSError:
+        pass
 
 
 def _schema_problem(db: Path) -> str | None:

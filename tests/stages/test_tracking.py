@@ -236,3 +236,26 @@ def test_app_reports_an_invalid_config_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "model.activation='softplus': must be one of" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_new_store_is_built_once_then_copied_from_the_cached_empty_one(tmp_path, monkeypatch):
+    """MLflow's migrations make the first empty store; the next ones are copies of it,
+    each a store MLflow opens and writes to."""
+    from pipeline.tracking import store as tracking_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tracking_store.empty_store()
+    assert template is not None and not template.exists()
+    made = []
+    for name in ("first", "second"):
+        uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        tracking_store.initialise_sqlite(uri)
+        made.append(tmp_path / name / "mlflow.db")
+        assert template.exists(), "the first build keeps the empty store"
+        client = MlflowClient(uri)
+        experiment = client.create_experiment(f"e-{name}")
+        run = client.create_run(experiment)
+        client.log_metric(run.info.run_id, "val_accuracy", 0.5)
+        assert client.get_run(run.info.run_id).data.metrics == {"val_accuracy": 0.5}
+    assert tracking_store._schema_problem(made[1]) is None
+    assert template.read_bytes() != made[1].read_bytes()  # a copy, written to since

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_ANALYSIS, free_port, run_app, wait_http
+from helpers import SMALL_ANALYSIS, free_port, run_app, wait_for
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
@@ -112,8 +112,9 @@ def ui(tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", server, log=log)
-        # `make ui` prints a link per experiment that opens it in the model-training view
+        # `make ui` prints its links once it answers: a link per experiment that opens it in
+        # the model-training view
+        wait_for("make ui's links", lambda: "MLflow UI:" in log.read_text(), server, log=log)
         links = dict(
             line.strip().split(": ", 1)
             for line in log.read_text().splitlines()
