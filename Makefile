@@ -109,13 +109,17 @@ sweep: $(if $(filter ray,$(LAUNCHER)),install-extras,install)
 search: install
 	$(PY) -m pipeline search=$(SEARCH) $(if $(WORKERS),search.workers=$(WORKERS)) $(ARGS)
 
+# Test files run side by side, one per core (pytest-xdist); a file's tests share a worker,
+# so the module fixtures (a trained run, a server) are made once. TEST_JOBS=1: one at a time.
+TEST_JOBS ?= auto
+
 ## the whole test suite, slow tests on real MNIST, PostgreSQL and Ray included
 test: install-extras
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 ## the suite without the slow tests (and without the optional extras: what needs them skips)
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow" $(ARGS)
 
 ## ruff (lint and format check) and mypy over the code; `make format` rewrites it in place
 lint: install

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -124,7 +125,12 @@ def stopped(error: BaseException) -> None:
         f"; run(s) {', '.join(closed)} ended KILLED" if closed else "",
     )
     logging.shutdown()
-    sys.exit(interrupts.exit_code(error))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the interpreter would then wait for every non-daemon thread, and a
+    # library's thread cut short by the signal (MLflow's, a database driver's) could keep
+    # a stopped process alive indefinitely. The runs are closed and the logs flushed.
+    os._exit(interrupts.exit_code(error))
 
 
 def cli() -> None:
@@ -146,3 +152,7 @@ def cli() -> None:
             raise
         print(f"error: {config.override_error(e)}", file=sys.stderr)
         sys.exit(2)
+    # The work is done and its runs closed: a stop signal from now on (the interpreter's
+    # own shutdown) ends the process the usual way, with no traceback.
+    for sig in interrupts.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
