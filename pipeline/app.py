@@ -82,7 +82,7 @@ def main(cfg: DictConfig) -> None:
 
     cfg.tracking.parent_run_id = sweep.parent_run_id(hydra_cfg.sweep.dir)
     cfg.tracking.skip_finished = True
-    cfg.tracking.label = sweep.run_label(hydra_cfg.overrides.task)
+    cfg.tracking.varied = sweep.varied(hydra_cfg.overrides.task, sweep.swept_keys(hydra_cfg))
     cfg.quiet = True  # jobs run side by side: the launcher draws the sweep's one bar
     result: dict[str, Any] = {
         "config_hash": identity.config_hash(cfg),

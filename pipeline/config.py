@@ -81,14 +81,17 @@ class BaselineConfig:
 
 @dataclass
 class TrackingConfig:
-    experiment: str = "mnist"
+    experiment: str = "${data.name}"  # each dataset its own experiment (mnist, digits)
     log_model: bool = True
     # Reuse a FINISHED run of the same config hash and model family instead of training
     # again (sweeps set it, so that a rerun resumes where a killed sweep stopped).
     skip_finished: bool = False
     parent_run_id: str | None = None  # set by a sweep job: its runs are the parent's children
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on each training run
-    label: str | None = None  # appended to run names (a sweep job: its other overrides)
+    label: str | None = None  # after the family in run names (a search's "trial 3")
+    # the settings a sweep job varies (dotted keys, or ablation=<row>): its run names show
+    # them first, so that the children of a sweep differ in their first characters
+    varied: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -211,6 +214,12 @@ RECIPE_KEYS = [
     *_dotted("model", ModelConfig, lambda f: f.name != "name"),
     *_dotted("train", SGDConfig, lambda f: not f.metadata and f.name != "augment"),
     "seed",
+]
+# What a training run's params name: the recipe and how the network computes and what it
+# keeps (train.dtype, train.keep: TrainConfig's own settings, beyond SGD's).
+RUN_KEYS = [
+    *RECIPE_KEYS,
+    *_dotted("train", TrainConfig, lambda f: f.name not in SGDConfig.__dataclass_fields__),
 ]
 # The tweaks, all off in the classic recipe (the engine marks them).
 TWEAK_KEYS = _dotted("train", SGDConfig, _is_tweak) + _dotted(

@@ -20,9 +20,16 @@ class RunFailed(Exception):
 
 class RunStopped(Exception):
     """A run stopped on purpose before its end (a search's pruner gave up on it): the run
-    ends KILLED with the reason as tag `stopped_reason`, not FAILED."""
+    ends FINISHED, as the normal end of a run cut short on purpose, tagged `stopped` (its
+    label), `stopped_reason` and `stopped_at_epoch`, and its name says so; not FAILED or
+    KILLED, which stay for crashes and stop signals. Its numbers are those of its last
+    epoch: stopped runs are never a sweep's or a search's best."""
 
-    label = "stopped"  # appended to the run's name
+    label = "stopped"  # appended to the run's name, and its tag `stopped`
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 class CollapseError(DivergenceError):

@@ -48,3 +48,18 @@ def check_pixels(x, width: int, dtype=np.float32) -> np.ndarray:
             f"values from {x.min():g} to {x.max():g}{hint}"
         )
     return x.astype(dtype, copy=False)
+
+
+# What a served model answers per image: `{"params": {"output": "probabilities"}}` in the
+# request picks the probability of each digit instead of the digit.
+OUTPUTS = ("label", "probabilities")
+DEFAULT_PARAMS = {"output": "label"}  # the signature's params (tracking/models.py)
+
+
+def check_output(params: dict | None) -> str:
+    """The answer a request asks for (params["output"], default "label"); InputError for
+    anything else."""
+    output = (params or {}).get("output", "label")
+    if output not in OUTPUTS:
+        raise InputError(f"params.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    return output

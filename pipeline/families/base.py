@@ -23,18 +23,24 @@ OnEpoch = Callable[[int, float, float], None]
 
 class Family(ABC):
     name: str  # its tag model_family and its row in FAMILIES
-    label: str  # what ends its runs' names: "· ours", "· sklearn"
+    label: str  # what begins its runs' names: "ours", "sklearn"
     objective: str  # its own training objective, a metric of its own name (metrics.py)
     keeps_best: bool = False  # can end on its best validation epoch (train.keep=best)
-    settings: tuple[str, ...] = ()  # the config keys it uses (dotted), the split's aside
+    settings: tuple[str, ...] = ()  # the config keys it takes from the config (dotted)
+    # The settings it has whatever the config says (a cost, an init of its own): logged
+    # under the same names with its true values, so that a pair of runs lines up in MLflow.
+    fixed: dict[str, str] = {}
 
     def refuses(self, cfg) -> str | None:
         """Why this family cannot run `cfg` as the same experiment (None: it can)."""
         return None
 
     def params(self, cfg) -> dict[str, str]:
-        """The params of its runs: the settings it really uses, and the data split."""
-        return describe.config_params(cfg, [*self.settings, *config.SPLIT_KEYS])
+        """The params of its runs: its family, the settings it takes from the config and
+        the ones it fixes itself, and the data split. What has no meaning for it is left
+        out."""
+        params = describe.config_params(cfg, [*self.settings, *config.SPLIT_KEYS])
+        return {"family": self.name, **params, **self.fixed}
 
     def model_params(self, model, cfg) -> dict[str, str]:
         """Params read from the built model itself (e.g. an estimator's get_params())."""

@@ -45,13 +45,15 @@ class NumpyMLP(Family):
     label = "ours"
     objective = "train_cost"  # Nielsen's C over the training split, with λ/2n Σ w²
     keeps_best = True
-    settings = (*config.RECIPE_KEYS, "train.dtype", "train.keep")
+    settings = tuple(config.RUN_KEYS)
 
     def params(self, cfg) -> dict[str, str]:
-        """The recipe, plus the tweaks that are on (none in the classic recipe) and the
-        settings that apply here only (a step schedule's, elastic_sigma)."""
-        keys = [*self.settings, *config.conditional_keys(cfg), *config.SPLIT_KEYS]
-        return describe.config_params(cfg, keys)
+        """Every run setting, plus the tweaks that are on (none in the classic recipe) and
+        the settings that apply here only (a step schedule's, elastic_sigma)."""
+        return {
+            **super().params(cfg),
+            **describe.config_params(cfg, config.conditional_keys(cfg)),
+        }
 
     def note(self, cfg, n_train: int) -> str:
         kept = "the best validation epoch's" if cfg.train.keep == "best" else "the final epoch's"

@@ -12,7 +12,7 @@ from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from pipeline.engine.inputs import InputError, check_pixels
+from pipeline.engine.inputs import InputError, check_output, check_pixels
 
 # skops refuses every type it is not told to trust; these are the optimizer's.
 TRUSTED_TYPES = [
@@ -26,12 +26,14 @@ class SklearnDigitClassifier(PythonModel):
         self.clf = skops.io.load(context.artifacts["estimator"], trusted=TRUSTED_TYPES)
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        """The digit MLPClassifier predicts for each row of pixels in [0, 1]."""
+        """The digit MLPClassifier predicts for each row of pixels in [0, 1]; with params
+        {"output": "probabilities"}, its predict_proba (softmax of the output layer)."""
         try:
             x = check_pixels(model_input, self.clf.n_features_in_)
+            output = check_output(params)
         except InputError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-        return self.clf.predict(x)
+        return self.clf.predict_proba(x) if output == "probabilities" else self.clf.predict(x)
 
 
 set_model(SklearnDigitClassifier())

@@ -65,6 +65,18 @@ class SklearnMLP(Family):
     name = "sklearn_mlp"
     label = "sklearn"
     objective = "sklearn_loss"  # loss_curve_: the epoch's running mean of log loss + penalty
+    # What it is whatever the config says (scikit-learn 1.x, _multilayer_perceptron.py):
+    # softmax outputs with log loss, which is our cross_entropy; weights and biases drawn
+    # uniform in ±√(k/(n_in + n_out)), k = 2 for logistic units and 6 otherwise (Glorot and
+    # Bengio's); a constant η (learning_rate="constant"); it keeps the float32 of our data
+    # (validate_data accepts float32 as it is) and the last epoch's weights.
+    fixed = {
+        "model.cost": "cross_entropy",
+        "model.init": "glorot_uniform",
+        "train.schedule": "constant",
+        "train.dtype": "float32",
+        "train.keep": "final",
+    }
     # what make_classifier takes from the config
     settings = (
         "model.hidden_sizes",

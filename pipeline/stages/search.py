@@ -7,7 +7,8 @@ The space is the preset's `search.space` (conf/search/): config keys, each with 
 `choices`. A trial composes the app's config from the command line's overrides plus its
 sampled values, and trains our network through families/training.py, as `make run` does. It
 reports validation accuracy each epoch; the pruner stops a trial that trails the earlier
-ones at the same epoch (its run ends KILLED, tagged stopped_reason; the trial PRUNED).
+ones at the same epoch (its run ends FINISHED, tagged stopped=pruned with the reason and
+the epoch, its name ending "· pruned"; the trial PRUNED).
 The objective is the validation accuracy of the weights the run keeps; test accuracy is
 logged, never used.
 
@@ -245,7 +246,8 @@ def open_parent(cfg, study: optuna.Study, owner: bool) -> str:
             f"`{study.study_name}` in {redact(storage_url(cfg))}: "
             f"{cfg.search.sampler} sampler, {cfg.search.pruner} pruner, "
             f"{cfg.search.n_trials} trials over {space}. Each child is one trial; pruned "
-            "trials end KILLED with their stopped_reason. The objective is val_accuracy."
+            "trials end FINISHED, tagged stopped=pruned with why and when (their names end "
+            "'· pruned'). The objective is val_accuracy."
         )
         run = client.create_run(
             experiment_id,
@@ -447,6 +449,7 @@ def objective(
     trial_cfg.tracking.parent_run_id = parent
     trial_cfg.tracking.skip_finished = False
     trial_cfg.tracking.label = f"trial {trial.number}"
+    trial_cfg.tracking.varied = list(space)  # its name shows what the trial sampled
     trial_cfg.tracking.tags = {
         "optuna_study": trial.study.study_name,
         "optuna_trial": str(trial.number),
@@ -464,7 +467,8 @@ def objective(
         if trial.should_prune():
             raise Pruned(
                 f"pruned at epoch {epoch} of {trial_cfg.train.epochs}: val_accuracy "
-                f"{metrics['val_accuracy']:.4f} trails the median of earlier trials"
+                f"{metrics['val_accuracy']:.4f} trails the median of earlier trials",
+                epoch,
             )
 
     try:

@@ -33,26 +33,36 @@ PARENT_FILE = "parent_run_id"
 
 
 RESULT_FILE = "result.json"
+SWEPT_FILE = "swept_keys.json"  # what the sweep varies, for its jobs' run names
 _WATCHES: list[progress.Watch] = []  # the bar of the sweep this process launches
 
 
-# Settings every training run's name already shows (describe.run_name).
-_NAMED = {"model.hidden_sizes", "model.activation", "train.learning_rate", "train.batch_size"}
+def swept_keys(hydra_cfg) -> set[str]:
+    """The keys the running sweep varies (its preset's grid and the command line's comma
+    lists), as its launcher wrote them for its jobs."""
+    path = Path(hydra_cfg.sweep.dir) / SWEPT_FILE
+    if path.exists():
+        return set(json.loads(path.read_text()))
+    return {str(k) for k in (OmegaConf.select(hydra_cfg, "sweeper.params") or {})}
 
 
-def run_label(overrides) -> str | None:
-    """A sweep job's model and training overrides that its run name does not show yet,
-    e.g. 'cost=cross_entropy l2=5.0' or 'ablation=elastic', so that the children of a sweep
-    differ by name."""
-    shown = []
+def varied(overrides, swept_keys) -> list[str]:
+    """What a sweep job varies, for its run names (describe.run_name): the swept model and
+    training settings and seed, in the order of its overrides; sweep.step (the grid's η
+    step) as the learning rate it picks; an ablation row as `ablation=<row>`."""
+    keys = []
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if key.startswith(("model.", "train.")) and key not in _NAMED:
-            shown.append(f"{key.split('.', 1)[1]}={value}")
+        if key not in swept_keys:
+            continue
+        if key.startswith(("model.", "train.")) or key == "seed":
+            keys.append(key)
+        elif key.startswith("sweep."):  # conf/sweep/grid.yaml: the step picks η per activation
+            keys.append("train.learning_rate")
         elif key == "ablation":  # a config group that switches tweaks off (conf/ablation/)
-            shown.append(f"{key}={value}")
-    return " ".join(shown) or None
+            keys.append(f"ablation={value}")
+    return list(dict.fromkeys(keys))
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -148,6 +158,7 @@ class SweepCallback(Callback):
             )
             sys.exit(1)
         (sweep_dir / PARENT_FILE).write_text(parent)
+        (sweep_dir / SWEPT_FILE).write_text(json.dumps(sorted(swept(config))))
         log.info("sweep: parent run %s", parent)
         # Not an attribute of the callback: the launcher pickles it for the jobs.
         _WATCHES.append(

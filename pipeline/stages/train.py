@@ -46,6 +46,8 @@ def run(cfg, results: dict) -> list[str]:
             results.setdefault("failures", []).append(f"{family.name}: {e}")
     if not run_ids:
         raise RunFailed("train: every run failed: " + "; ".join(results["failures"]))
+    if len(run_ids) > 1:  # ours and the baseline on one chart, on each of their runs
+        runs.log_learning_curves(run_ids)
     log.info(
         "train: runs %s logged to %s — browse them with `make ui`",
         ", ".join(run_ids),

@@ -9,21 +9,31 @@ ours, which MLPClassifier ignores, but its own get_params() as sklearn.*.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf import OmegaConf
 
 from pipeline import config
 from pipeline.config import plain
+from pipeline.data import DATASETS
 
-EXPERIMENT_NOTE = (
-    "Runs of the classic handwritten-digit network (784 pixels in, 10 digits out) trained "
-    "from scratch in NumPy by this project, each next to scikit-learn's MLPClassifier on the "
-    "same config and split, made by `make run`, `make sweep` and `make analyze`. Training "
-    "runs are named `<recipe> <hidden sizes> <activation> η=<rate> m=<batch> · ours|sklearn`; "
-    "sweeps are parent runs (expand them) named after their preset; compare runs on "
-    "val_accuracy (selection) and test_accuracy (reported once). Metric definitions: "
-    "pipeline/families/metrics.py; the full config of a run: its config.yaml artifact."
-)
+
+def experiment_note(data_name: str) -> str:
+    """An experiment's description in the MLflow UI, true to its dataset."""
+    pixels = DATASETS.get(data_name, {}).get("pixels", 784)
+    side = round(pixels**0.5)
+    return (
+        f"Runs of the classic handwritten-digit network on {data_name} ({side}×{side} = "
+        f"{pixels} pixels in, 10 digits out) trained from scratch in NumPy by this project, "
+        "each next to scikit-learn's MLPClassifier on the same config and split, made by "
+        "`make run`, `make sweep` and `make analyze`. Training runs are named `ours|sklearn "
+        "<what its sweep varies> · <recipe> <hidden sizes> <activation> η=<rate> m=<batch>`; "
+        "sweeps and searches are parent runs (expand them) whose metrics are the winner's; "
+        "compare runs on val_accuracy (selection) and test_accuracy (reported once). Metric "
+        "definitions: pipeline/families/metrics.py; the full config of a run: its "
+        "config.yaml artifact."
+    )
 
 
 def recipe_columns() -> dict[str, str]:
@@ -32,19 +42,46 @@ def recipe_columns() -> dict[str, str]:
     return {key.rpartition(".")[2]: f"params.{key}" for key in config.RECIPE_KEYS}
 
 
-def run_name(cfg, label: str) -> str:
-    """e.g. 'classic 16-16 sigmoid η=3 m=10 · ours', plus the seed when not 0 and a sweep's
-    label (its other overrides), so that runs of one list tell themselves apart."""
-    sizes = "-".join(map(str, cfg.model.hidden_sizes))
-    name = (
-        f"{cfg.model.name} {sizes} {cfg.model.activation} η={cfg.train.learning_rate:g} "
-        f"m={cfg.train.batch_size} · {label}"
-    )
-    if cfg.seed:
-        name += f" seed={cfg.seed}"
-    if cfg.tracking.get("label"):
-        name += f" [{cfg.tracking.label}]"
-    return name
+# How a run's name shows a setting, short: the runs table cuts names at ~20 characters.
+SHORT: dict[str, Callable[[Any], str]] = {
+    "model.hidden_sizes": lambda v: "-".join(map(str, v)),
+    "model.activation": str,
+    "model.cost": lambda v: {"cross_entropy": "CE", "quadratic": "quad"}.get(v, v),
+    "model.init": lambda v: f"init={v}",
+    "train.learning_rate": lambda v: f"η={v:g}",
+    "train.batch_size": lambda v: f"m={v}",
+    "train.l2": lambda v: f"λ={v:g}",
+    "train.momentum": lambda v: f"μ={v:g}",
+    "train.epochs": lambda v: f"{v}ep",
+    "seed": lambda v: f"seed={v}",
+}
+# What every training run's name shows, after what its sweep varies.
+SHOWN = ("model.hidden_sizes", "model.activation", "train.learning_rate", "train.batch_size")
+
+
+def short(cfg, key: str) -> str:
+    """A setting as a run name shows it, e.g. 'η=0.5', '16-16', 'λ=5'; else 'leaf=value'."""
+    if key.startswith("ablation="):  # a row of the ablation sweep (conf/ablation/)
+        row = key.partition("=")[2]
+        return "all tweaks" if row == "none" else f"no {row}"
+    value = plain(OmegaConf.select(cfg, key))
+    shown = SHORT.get(key)
+    return shown(value) if shown else f"{key.rpartition('.')[2]}={value}"
+
+
+def run_name(cfg, family_label: str) -> str:
+    """The family first, then what tells the run from its neighbours: what its sweep varies
+    (tracking.varied) or its search trial (tracking.label), then the recipe, e.g.
+    'ours classic 16-16 sigmoid η=3 m=10', 'sklearn 32-32 relu m=100 · classic η=0.1',
+    'ours trial 3 · smoke 16 sigmoid η=0.897 m=10'. The full description is the run's."""
+    varied = sorted(cfg.tracking.varied, key=lambda k: SHOWN.index(k) if k in SHOWN else 9)
+    first = [short(cfg, key) for key in varied]
+    rest = [short(cfg, key) for key in SHOWN if key not in varied]
+    if cfg.seed and "seed" not in varied:
+        rest.append(f"seed={cfg.seed}")
+    lead = [family_label, *([cfg.tracking.label] if cfg.tracking.label else []), *first]
+    recipe = " ".join([cfg.model.name, *rest])
+    return " ".join(lead) + (f" · {recipe}" if len(lead) > 1 else f" {recipe}")
 
 
 def config_params(cfg, keys: list[str]) -> dict[str, str]:

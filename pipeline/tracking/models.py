@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
+from pipeline.engine.inputs import DEFAULT_PARAMS
 from pipeline.paths import PROJECT_ROOT
 
 
@@ -46,7 +47,7 @@ def log_model_from_code(
             name="model",
             python_model=model_file,
             artifacts={saved.stem: str(saved)},
-            signature=infer_signature(sample, predict(sample)),
+            signature=infer_signature(sample, predict(sample), params=DEFAULT_PARAMS),
             code_paths=[str(package)],
             pip_requirements=requirements,
         )

@@ -1,8 +1,10 @@
 """Parents of sweeps and searches: their children summarised for a person, the best child
 (selected on validation, never test), and the champion gate of the registry.
 
-A summary on the parent run: the results table (CSV + Markdown), the best child of each
-family (tags, its metrics copied to the parent), seed means when several seeds ran, and
+A summary on the parent run: its metrics and tags are the winner's (the best child by
+validation, either family), plus each family's best as best_<label>_*; the results by
+config, ours and scikit-learn side by side, as a table the UI renders (the full table as
+CSV); seed means when several seeds ran; validation accuracy by epoch of the best few;
 plots of test accuracy against each swept setting.
 """
 
@@ -40,35 +42,36 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     table = results_table(children)
     with mlflow.start_run(run_id=parent):
         mlflow.log_text(table.to_csv(index=False), "summary/results.csv")
-        mlflow.log_text(table.to_markdown(index=False), "summary/results.md")
-        for family, label in (("numpy_mlp", "ours"), ("sklearn_mlp", "sklearn")):
-            best = best_child(table, family)
+        pairs = pair_table(table)
+        if not pairs.empty:  # rendered as a table by the UI (the run's Artifacts)
+            mlflow.log_table(pairs, "summary/results_by_config.json")
+        for label in sorted(table.label.dropna().unique()):
+            best = best_child(table, label)
             if best is None:
                 continue
             mlflow.set_tags(
                 {f"best_{label}_run_id": best.run_id, f"best_{label}_run_name": str(best.run_name)}
             )
-            mlflow.log_metrics(
+            mlflow.log_metrics({f"best_{label}_{m}": float(best[m]) for m in SCORES})
+        winner = best_child(table)
+        if winner is not None:  # the parent's own columns: the winner's, either family
+            client.set_tag(winner.run_id, "best_in_sweep", "true")
+            mlflow.set_tags(
                 {
-                    f"best_{label}_{m}": float(best[m])
-                    for m in ("val_accuracy", "test_accuracy", "train_seconds")
+                    "best_child_run_id": winner.run_id,
+                    "winner_family": str(winner.family),
+                    "winner": f"{winner.run_name}"[:250],
+                    **{f"best.{k}": str(winner[k]) for k in SETTINGS},
                 }
             )
-            if family == "numpy_mlp":  # the parent's own columns: our best child
-                client.set_tag(best.run_id, "best_in_sweep", "true")
-                mlflow.set_tags(
-                    {
-                        "best_child_run_id": best.run_id,
-                        **{f"best.{k}": str(best[k]) for k in SETTINGS},
-                    }
-                )
-                mlflow.log_metrics(
-                    {m: float(best[m]) for m in ("val_accuracy", "test_accuracy", "train_seconds")}
-                )
+            mlflow.log_metrics({m: float(winner[m]) for m in SCORES})
+            fig = best_configs_figure(table)
+            mlflow.log_figure(fig, "summary/val_accuracy_by_epoch.png")
+            plt.close(fig)
         if table.seed.nunique() > 1:  # the same configs from several seeds: their means
             means = seed_means(table)
             mlflow.log_text(means.to_csv(index=False), "summary/seed_means.csv")
-            mlflow.log_text(means.to_markdown(index=False, floatfmt=".4f"), "summary/seed_means.md")
+            mlflow.log_table(means.round(4), "summary/seed_means.json")
         for setting in PLOTTED:
             if table[setting].nunique() > 1:
                 fig = accuracy_plot(table, setting)
@@ -77,13 +80,61 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     return table
 
 
-def best_child(table: pd.DataFrame, family: str | None = None) -> pd.Series | None:
-    """The finished child (of `family`, or of either) with the best validation accuracy:
-    selection on validation, never on test."""
-    done = table[(table.status == "FINISHED") & table.val_accuracy.notna()]
-    if family is not None:
-        done = done[done.family == family]
+SCORES = ("val_accuracy", "test_accuracy", "train_seconds")
+
+
+def best_child(table: pd.DataFrame, label: str | None = None) -> pd.Series | None:
+    """The finished child (of the family labelled `label`: ours, sklearn; or of any) with
+    the best validation accuracy: selection on validation, never on test. A pruned child
+    (finished, but cut short) is never the best."""
+    done = table[(table.status == "FINISHED") & table.val_accuracy.notna() & table.stopped.isna()]
+    if label is not None:
+        done = done[done.label == label]
     return None if done.empty else done.loc[done.val_accuracy.idxmax()]
+
+
+def pair_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A row per config, its families side by side: val and test accuracy of each (means
+    over its seeds), ours − scikit-learn on test, and the seeds; best validation first.
+    The config is a child's name without its family and seed."""
+    done = table[(table.status == "FINISHED") & table.stopped.isna()]
+    if done.empty:
+        return pd.DataFrame()
+    config = (
+        done.run_name.str.split(" ", n=1)
+        .str[1]
+        .str.replace(r"\s*\bseed=\d+", "", regex=True)
+        .str.replace(r"^· ", "", regex=True)
+        .str.strip()
+    )
+    grouped = done.assign(config=config).groupby(["config", "label"])
+    means = grouped[["val_accuracy", "test_accuracy"]].mean().unstack("label")
+    pairs = pd.DataFrame(index=means.index)
+    labels = [label for label in ("ours", "sklearn") if label in means["val_accuracy"]]
+    labels += [label for label in means["val_accuracy"].columns if label not in labels]
+    for label in labels:
+        pairs[f"{label} val"] = means["val_accuracy"][label]
+        pairs[f"{label} test"] = means["test_accuracy"][label]
+    if {"ours", "sklearn"} <= set(labels):
+        pairs["ours − sklearn (test)"] = pairs["ours test"] - pairs["sklearn test"]
+    pairs["seeds"] = grouped.seed.nunique().groupby("config").max()
+    best_val = pairs[[f"{label} val" for label in labels]].max(axis=1)
+    pairs = pairs.assign(_best=best_val).sort_values("_best", ascending=False)
+    return pairs.drop(columns="_best").reset_index().round(4)
+
+
+def best_configs_figure(table: pd.DataFrame, n: int = 3):
+    """Validation accuracy by epoch of the best few finished children (by val), of any
+    family, on one chart."""
+    from pipeline.tracking import runs
+
+    done = table[(table.status == "FINISHED") & table.stopped.isna()]
+    best = done.sort_values("val_accuracy", ascending=False).head(n)
+    curves = {
+        str(row.run_name)[:60]: runs.curves(str(row.run_id), ("val_accuracy",))
+        for row in best.itertuples()
+    }
+    return plots.learning_curves(curves, f"the best {len(curves)} runs: validation accuracy")
 
 
 def register_best(config, parent: str, table: pd.DataFrame | None) -> str | None:
@@ -157,8 +208,11 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         "metrics.test_accuracy": "test_accuracy",
         "metrics.train_seconds": "train_seconds",
         "tags.failure_reason": "failure_reason",
+        "tags.stopped": "stopped",  # pruned: finished, but cut short on purpose
     }
     table = runs.reindex(columns=list(columns)).rename(columns=columns)
+    # ours, sklearn, …: a training run's name leads with its family's label
+    table["label"] = table.run_name.str.split(" ", n=1).str[0]
     for key in ("learning_rate", "momentum", "l2"):
         table[key] = pd.to_numeric(table[key])
     for key in ("batch_size", "epochs", "seed"):

@@ -18,7 +18,7 @@ from pipeline.config import plain
 from pipeline.engine import DivergenceError
 from pipeline.errors import RunStopped
 from pipeline.logs import redact
-from pipeline.tracking import describe, store
+from pipeline.tracking import describe, plots, store
 from pipeline.tracking.environment import environment_tags
 from pipeline.tracking.identity import config_hash, git_commit, resume_key
 
@@ -31,7 +31,8 @@ INTERRUPTED_RUNS: list[str] = []  # the runs of this process a stop signal ended
 def run(cfg, *, run_name: str | None = None, run_id: str | None = None, tags: dict | None = None):
     """An MLflow run that ends FINISHED, or FAILED with the reason as tag `failure_reason`,
     or KILLED: stopped by a signal (interrupts.Interrupted, Ctrl-C) with that reason as
-    `failure_reason`, or on purpose (errors.RunStopped) with tag `stopped_reason`.
+    `failure_reason`. One stopped on purpose (errors.RunStopped: pruned) ends FINISHED,
+    tagged `stopped`, `stopped_reason` and `stopped_at_epoch`.
 
     A new run is tagged with its process (host, pid), so that if the process dies without
     closing it, the next process on the store marks it KILLED (reap_orphans).
@@ -52,10 +53,12 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None, tags: di
         except RunStopped as e:
             _end(
                 active,
-                "KILLED",
+                "FINISHED",
                 {
-                    "stopped_reason": str(e)[:5000],  # and the name says it
-                    "mlflow.runName": f"{active.info.run_name} · {e.label}",
+                    "stopped": e.label,
+                    "stopped_reason": str(e)[:5000],
+                    "stopped_at_epoch": str(e.epoch),
+                    "mlflow.runName": f"{active.info.run_name} · {e.label}",  # at a glance
                 },
             )
             raise
@@ -160,9 +163,9 @@ def finished_run_id(cfg, family: str) -> str | None:
         [experiment_id],
         f"tags.resume_key = '{resume_key(cfg)}' and tags.model_family = '{family}' "
         "and attributes.status = 'FINISHED'",
-        max_results=1,
     )
-    return runs[0].info.run_id if runs else None
+    whole = [r for r in runs if "stopped" not in r.data.tags]  # a pruned run is not done
+    return whole[0].info.run_id if whole else None
 
 
 def summary(cfg, run_ids: list[str]) -> str:
@@ -184,3 +187,24 @@ def summary(cfg, run_ids: list[str]) -> str:
     hint = "" if store.tracking_uri(cfg).startswith("http") else " (after `make ui`)"
     lines.append(f"open them{hint}: {store.ui_link(cfg, experiment_id)}")
     return "\n".join(lines)
+
+
+def curves(run_id: str, metrics=("train_accuracy", "val_accuracy")) -> dict[str, list]:
+    """A run's per-epoch history of `metrics`: {metric: [(epoch, value), ...]}."""
+    client = mlflow.MlflowClient()
+    return {
+        m: sorted((h.step, h.value) for h in client.get_metric_history(run_id, m)) for m in metrics
+    }
+
+
+def log_learning_curves(run_ids: list[str]) -> None:
+    """One chart of a config's runs (ours and the baseline): train and val accuracy by
+    epoch, logged to each of them as learning_curves.png."""
+    client = mlflow.MlflowClient()
+    found = [client.get_run(run_id) for run_id in run_ids]
+    by_label = {r.info.run_name.split(" ", 1)[0]: curves(r.info.run_id) for r in found}
+    title = found[0].info.run_name.split(" ", 1)[1] if found else ""
+    fig = plots.learning_curves(by_label, title[:80])
+    for run in found:
+        client.log_figure(run.info.run_id, fig, "learning_curves.png")
+    plots.plt.close(fig)

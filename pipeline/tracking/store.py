@@ -2,7 +2,8 @@
 
 The default store is a SQLite database at mlruns/mlflow.db with artifacts under
 mlruns/artifacts/, both absolute paths from the project root, so Hydra's output folders
-never scatter stores. MLFLOW_TRACKING_URI overrides the database, as MLflow users expect.
+never scatter stores. MLFLOW_TRACKING_URI overrides the database, as MLflow users
+expect (a SQLite one keeps its artifacts beside it).
 A run records its process (host, pid, start time); a RUNNING run whose process has ended
 is closed KILLED by the next process on that host that opens the store (reap_orphans).
 """
@@ -58,8 +59,11 @@ def ui_link(cfg, experiment_id: str, run_id: str | None = None) -> str:
     )
 
 
-def artifact_root(cfg) -> str:
-    return (from_root(cfg.paths.mlruns_dir) / "artifacts").as_uri()
+def artifact_root(sqlite_uri: str) -> str:
+    """Where a local SQLite store keeps its artifacts: artifacts/ beside the database
+    (mlruns/artifacts/ for the default store), so one store is one folder."""
+    database = Path(sqlite_uri.removeprefix("sqlite:///")).resolve()
+    return (database.parent / "artifacts").as_uri()
 
 
 _READY_STORES: set[str] = set()
@@ -78,9 +82,9 @@ def setup(cfg) -> str:
     name = cfg.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        # Beside a local SQLite store, artifacts go to mlruns/artifacts/; a tracking server
-        # (http, postgresql, ...) chooses its own artifact store.
-        location = f"{artifact_root(cfg)}/{name}" if uri.startswith("sqlite:") else None
+        # Beside a local SQLite store, artifacts go to artifacts/ next to it; a tracking
+        # server (http, postgresql, ...) chooses its own artifact store.
+        location = f"{artifact_root(uri)}/{name}" if uri.startswith("sqlite:///") else None
         try:
             experiment_id = mlflow.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
@@ -96,7 +100,9 @@ def setup(cfg) -> str:
         client.set_experiment_tag(
             experiment_id, "mlflow.experimentKind", "custom_model_development"
         )
-        client.set_experiment_tag(experiment_id, "mlflow.note.content", describe.EXPERIMENT_NOTE)
+        client.set_experiment_tag(
+            experiment_id, "mlflow.note.content", describe.experiment_note(cfg.data.name)
+        )
     mlflow.set_experiment(experiment_id=experiment_id)
     if uri not in _REAPED_STORES:
         reap_orphans()

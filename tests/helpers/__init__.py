@@ -169,10 +169,13 @@ def running_training_runs(db: Path) -> int:
     return rows[0][0] if rows else 0
 
 
-def ask_served_model(port: int, rows, server: subprocess.Popen, seconds: float = WAIT):
-    """POST rows to a starting `mlflow models serve` on 127.0.0.1:port until it answers;
-    return the decoded answer. Fails at once with the server's output if it dies."""
-    body = json.dumps({"inputs": rows.tolist()}).encode()
+def ask_served_model(
+    port: int, rows, server: subprocess.Popen, seconds: float = WAIT, params: dict | None = None
+):
+    """POST rows (and params, if any) to a starting `mlflow models serve` on
+    127.0.0.1:port until it answers; return the decoded answer. Fails at once with the
+    server's output if it dies."""
+    body = json.dumps({"inputs": rows.tolist(), **({"params": params} if params else {})}).encode()
 
     def answer():
         request = urllib.request.Request(

@@ -43,11 +43,15 @@ def check_one_child_per_trial(study: optuna.Study, parent, children, n_trials: i
             assert run.info.status == "FINISHED"
             assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
             assert "test_accuracy" in run.data.metrics
+            assert "stopped" not in run.data.tags
         elif trial.state.name == "PRUNED":
             run = children[run_id]
-            assert run.info.status == "KILLED"
+            assert run.info.status == "FINISHED"  # cut short on purpose: not a crash
+            assert run.data.tags["stopped"] == "pruned"
             assert run.data.tags["stopped_reason"].startswith("pruned at epoch")
-            assert run.info.run_name.endswith("· pruned")
+            epoch = int(run.data.tags["stopped_at_epoch"])
+            assert run.data.tags["stopped_reason"].startswith(f"pruned at epoch {epoch} of")
+            assert run.info.run_name.endswith(" · pruned")
             assert "test_accuracy" not in run.data.metrics  # test is measured on finished runs only
         elif run_id is not None:  # FAIL: a run that exists says why
             run = children[run_id]

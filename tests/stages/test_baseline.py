@@ -92,7 +92,7 @@ def test_a_3_epoch_run_with_l2_logs_the_mapped_alpha_and_shuffles_afresh_every_e
     assert len({p.tobytes() for p in permutations}) == 3, "an epoch replayed an earlier shuffle"
 
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("mnist")
+    experiment = client.get_experiment_by_name("digits")
     (run,) = client.search_runs([experiment.experiment_id], "tags.model_family = 'sklearn_mlp'")
     params = run.data.params
     assert float(params["sklearn.alpha"]) == pytest.approx(0.5 * 10 / n_train)

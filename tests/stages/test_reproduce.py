@@ -44,7 +44,7 @@ def test_a_rerun_on_the_same_machine_is_identical_metric_by_metric(
     assert "Reproduced: all" in out and "The environments match" in out
     client = MlflowClient()
     rerun = client.search_runs(
-        [client.get_experiment_by_name("mnist").experiment_id], f"tags.reproduces = '{run_id}'"
+        [client.get_experiment_by_name("digits").experiment_id], f"tags.reproduces = '{run_id}'"
     )
     assert len(rerun) == 1 and rerun[0].data.tags["kind"] == "reproduction"
 

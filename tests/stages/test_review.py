@@ -38,12 +38,16 @@ def test_the_experiment_opens_in_the_model_training_view_with_a_description(trai
     experiment = MlflowClient().get_experiment(ours.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "MLPClassifier" in experiment.tags["mlflow.note.content"]
+    # each dataset its own experiment, its description true to the data
+    assert experiment.name == "digits"
+    assert "8×8 = 64 pixels in" in experiment.tags["mlflow.note.content"]
 
 
 def test_runs_are_named_and_described_for_a_person(trained):
     _, ours, theirs = trained
-    assert ours.info.run_name == "classic 16-16 sigmoid η=3 m=10 · ours"
-    assert theirs.info.run_name == "classic 16-16 sigmoid η=3 m=10 · sklearn"
+    # The family first: the runs table cuts names at ~20 characters.
+    assert ours.info.run_name == "ours classic 16-16 sigmoid η=3 m=10"
+    assert theirs.info.run_name == "sklearn classic 16-16 sigmoid η=3 m=10"
     assert "NumPy network in-16-16-10" in ours.data.tags["mlflow.note.content"]
     assert "final epoch's weights" in ours.data.tags["mlflow.note.content"]
     assert "MLPClassifier" in theirs.data.tags["mlflow.note.content"]
@@ -66,10 +70,52 @@ def test_params_describe_the_run_and_nothing_else(trained):
             "data.name",
             "data.validation_size",
         } <= set(run.data.params)
-    assert {"model.cost", "model.init", "train.schedule"} <= set(ours.data.params)
-    assert not {"model.cost", "model.init", "train.schedule"} & set(theirs.data.params)
+    # One vocabulary: both name every setting a reviewer compares, each with its own truth.
+    shared = set(ours.data.params) - {"train.keep"}
+    assert shared <= set(theirs.data.params)
+    assert {"model.cost", "model.init", "train.schedule", "train.dtype", "family"} <= shared
+    assert (ours.data.params["family"], theirs.data.params["family"]) == (
+        "numpy_mlp",
+        "sklearn_mlp",
+    )
+    assert ours.data.params["model.cost"] == "quadratic"
+    assert theirs.data.params["model.cost"] == "cross_entropy"  # softmax + log loss
+    assert theirs.data.params["model.init"] == "glorot_uniform"
+    assert theirs.data.params["train.schedule"] == "constant"
     assert theirs.data.params["sklearn.hidden_layer_sizes"] == "(16, 16)"
     assert len(ours.data.params) <= 20
+
+
+def test_the_baselines_fixed_settings_are_what_mlpclassifier_does(make_cfg):
+    """Checked against the fitted estimator itself, not against our description of it."""
+    from sklearn.neural_network import MLPClassifier
+
+    from pipeline.families import sklearn_mlp
+
+    cfg = make_cfg("data=digits", "train.epochs=1")
+    dataset.prepare(cfg.data)
+    data = dataset.load(cfg.data)
+    x, y = data.x("train"), data.y("train")
+    clf = sklearn_mlp.FAMILY.build(cfg, x)
+    assert isinstance(clf, MLPClassifier)
+    initial = []
+    original = clf._init_coef
+
+    def recording(fan_in, fan_out, dtype):  # the first weights it draws, per layer
+        coef, intercept = original(fan_in, fan_out, dtype)
+        initial.append((fan_in, fan_out, coef.copy()))  # training updates it in place
+        return coef, intercept
+
+    clf._init_coef = recording
+    sklearn_mlp.FAMILY.fit(clf, cfg, x, y, lambda *a: None)
+    fixed = sklearn_mlp.FAMILY.fixed
+    assert (clf.out_activation_, clf.loss) == ("softmax", "log_loss")
+    assert fixed["model.cost"] == "cross_entropy"
+    assert clf.coefs_[0].dtype.name == fixed["train.dtype"]
+    assert clf.learning_rate == fixed["train.schedule"]
+    for fan_in, fan_out, coef in initial:  # Glorot's uniform, k = 2 for logistic units
+        bound = np.sqrt(2 / (fan_in + fan_out))
+        assert np.abs(coef).max() <= bound and np.abs(coef).max() > 0.9 * bound
 
 
 def test_keep_best_ends_with_the_best_validation_epochs_weights(make_cfg):
@@ -153,11 +199,19 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
     try:
         answer = ask_served_model(port, image, server)
         assert answer == {"predictions": [int(data.y("test")[index])]}
+        asked = {"output": "probabilities"}
+        (probabilities,) = ask_served_model(port, image, server, params=asked)["predictions"]
+        assert np.argmax(probabilities) == answer["predictions"][0]
+        np.testing.assert_allclose(probabilities, model.predict(image, params=asked)[0], rtol=1e-6)
         for body, message in (
             ('{"inputs": [[NaN' + ", 0.5" * 63 + "]]}", "must be finite"),
             ('{"inputs": [[Infinity' + ", 0.5" * 63 + "]]}", "must be finite"),
             (json.dumps({"inputs": (image * 255).tolist()}), "divide 0..255 pixels by 255"),
             (json.dumps({"inputs": (image - 1).tolist()}), "must be in [0, 1]"),
+            (
+                json.dumps({"inputs": image.tolist(), "params": {"output": "logits"}}),
+                "params.output must be one of label, probabilities",
+            ),
         ):
             status, text = post(port, body)
             assert status == 400 and message in text, (status, text[:500])

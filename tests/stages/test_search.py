@@ -41,7 +41,7 @@ def test_a_search_is_one_parent_with_a_child_per_trial_and_resumes(tmp_path):
     assert parent.data.tags["best_trial"] == str(best.number)
     assert parent.data.metrics["trials_pruned"] == states["PRUNED"]
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "summary")}
-    assert {"summary/trials.csv", "summary/results.md"} <= artifacts
+    assert {"summary/trials.csv", "summary/results_by_config.json"} <= artifacts
 
     # The same command again: the study is complete, nothing is trained twice.
     again = search(tmp_path)

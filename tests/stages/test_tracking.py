@@ -35,7 +35,7 @@ def digits_cfg(make_cfg, store, tmp_path):
 
 def _runs(store, **filters):
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("mnist")
+    experiment = client.get_experiment_by_name("digits")
     runs = client.search_runs([experiment.experiment_id])
     return client, {r.data.tags.get("model_family", r.info.run_name): r for r in runs}
 

@@ -1,16 +1,20 @@
 """End to end: a store made as a user makes it, then `python -m pipeline.serve.ui`, then Chromium.
 
 The store, on the bundled 8×8 digits in one fresh experiment: a plain run (`make run`),
-a smoke sweep (which registers its best run as digits-classifier@champion) and an
-analysis of the plain run. Checks what a person reviewing it sees: the experiment opens
-in the model-training view; the runs table shows the named runs and, once picked in the
-column selector, the val_accuracy and test_accuracy columns; the sweep's parent expands
-to its children; a child's page shows its params and test_accuracy; the compare view of
-two runs loads; the parent's summary plots are among its artifacts; the registered model
-page shows the champion alias on its version; the analysis run's report/analysis.html
-renders in the artifact view. Screenshots go to test-artifacts/e2e/. Needs Debian's
-chromium (apt-get install chromium chromium-driver); without it the test skips, except
-under CI=true, where that is a failure.
+a smoke sweep (which registers its best run as digits-classifier@champion), a smoke
+search (whose median pruner stops some trials) and an analysis of the plain run. Checks
+what a person reviewing it sees: the experiment opens in the model-training view; the
+runs table shows the named runs and, once picked in the column selector, the
+val_accuracy and test_accuracy columns; the sweep parent's row shows the winner's
+accuracy (either family); the parent expands to its children; a child's page shows its
+params and test_accuracy; the compare view of an ours/scikit-learn pair shows every
+shared config param filled on both sides; the results by config render as a table; a
+pruned trial shows the status icon of a finished run, not a failed one; a run shows
+both families' learning curves on one chart; the parent's summary plots are among its
+artifacts; the registered model page shows the champion alias on its version; the
+analysis run's report/analysis.html renders in the artifact view. Screenshots go to
+test-artifacts/e2e/. Needs Debian's chromium (apt-get install chromium chromium-driver);
+without it the test skips, except under CI=true, where that is a failure.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def ui(tmp_path_factory):
     plain = {r.data.tags["model_family"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(plain) == {"numpy_mlp", "sklearn_mlp"}
     _pipeline(["sweep=smoke", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp)
+    _pipeline(["search=smoke", f"hydra.run.dir={tmp / 'search'}"], tmp)
     _pipeline(
         [
             "stages=[analyze]",
@@ -164,8 +169,8 @@ def page(ui, browser):
     page.close()
 
 
-def _runs_by_kind(runs):
-    parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
+def _runs_by_kind(runs, kind="sweep"):
+    parent = next(r for r in runs if r.data.tags.get("kind") == kind)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     return parent, children
 
@@ -175,8 +180,11 @@ def _analysis(runs):
 
 
 def _show_metric_columns(page, *metrics):
-    """As a person does: Columns, search the metric's name, tick it under Metrics."""
+    """As a person does: Columns, search the metric's name, tick it under Metrics (unless
+    shown already: the UI remembers the columns picked on an earlier visit)."""
     for metric in metrics:
+        if page.locator(f".ag-header-cell[col-id='metrics.`{metric}`']").count():
+            continue
         page.get_by_role("button", name="Columns", exact=True).click()
         page.get_by_placeholder("Search columns").fill(metric)
         tree = page.get_by_test_id("column-selector-tree")
@@ -193,6 +201,14 @@ def _see(page, texts, shot):
     for text in texts:
         page.get_by_text(text).first.wait_for()
     page.screenshot(path=str(SHOTS / shot))
+
+
+def _open_artifacts(page, ui, run_id):
+    """A run's Artifacts tab, loaded afresh: MLflow 3.17's single-page app can show
+    "Something went wrong" when it arrives there from another run's artifact views (a
+    reload, as a person would do, shows the page)."""
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{run_id}/artifacts")
+    page.reload()
 
 
 def _cell(page, run_name, col_id):
@@ -242,8 +258,8 @@ def test_the_runs_table_shows_named_runs_and_the_accuracy_columns(ui, page):
     for run in (*plain.values(), parent, analysis):
         page.get_by_text(run.info.run_name).first.wait_for()
     assert {family: run.info.run_name for family, run in plain.items()} == {
-        "numpy_mlp": "classic 16-16 sigmoid η=3 m=10 · ours",
-        "sklearn_mlp": "classic 16-16 sigmoid η=3 m=10 · sklearn",
+        "numpy_mlp": "ours classic 16-16 sigmoid η=3 m=10",
+        "sklearn_mlp": "sklearn classic 16-16 sigmoid η=3 m=10",
     }
     _show_metric_columns(page, "val_accuracy", "test_accuracy")
     for run in plain.values():
@@ -259,7 +275,7 @@ def test_the_runs_table_shows_named_runs_and_the_accuracy_columns(ui, page):
 def test_the_sweep_parent_expands_to_its_children(ui, page):
     parent, children = _runs_by_kind(ui["runs"])
     assert len(children) == 4
-    assert {c.info.run_name.rsplit(" · ", 1)[1] for c in children} == {"ours", "sklearn"}
+    assert {c.info.run_name.split()[0] for c in children} == {"ours", "sklearn"}
     page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning")
     page.get_by_text(parent.info.run_name).first.wait_for()
     # Child runs are nested under the parent, collapsed: expand it with the row's toggle.
@@ -276,21 +292,107 @@ def test_a_child_run_page_shows_its_params_and_test_accuracy(ui, page):
     _see(page, [child.info.run_name, "test_accuracy", "model.hidden_sizes", value], "child_run.png")
 
 
-def test_the_compare_view_of_two_runs_loads(ui, page):
-    _, children = _runs_by_kind(ui["runs"])
-    ours = [c for c in children if c.data.tags["model_family"] == "numpy_mlp"]
-    ids = json.dumps([c.info.run_id for c in ours])
+def test_the_sweep_parent_row_shows_the_winner_of_either_family(ui, page):
+    parent, children = _runs_by_kind(ui["runs"])
+    winner = max(children, key=lambda c: c.data.metrics["val_accuracy"])
+    assert parent.data.tags["best_child_run_id"] == winner.info.run_id
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning")
+    page.get_by_text(parent.info.run_name).first.wait_for()
+    _show_metric_columns(page, "val_accuracy", "test_accuracy")
+    for metric in ("val_accuracy", "test_accuracy"):
+        shown = _cell(page, parent.info.run_name, f"metrics.`{metric}`").inner_text()
+        assert float(shown) == pytest.approx(winner.data.metrics[metric], abs=1e-4), metric
+    page.screenshot(path=str(SHOTS / "runs_table_winner.png"))
+
+
+def test_the_compare_view_of_a_pair_shows_the_config_filled_on_both_sides(ui, page):
+    """ours and scikit-learn's run of one config: each param both log (cost, init, dtype,
+    family…) shows a value in both columns, as each run logged it; only scikit-learn's own
+    get_params() (sklearn.*) is one-sided."""
+    ours, theirs = ui["plain"]["numpy_mlp"], ui["plain"]["sklearn_mlp"]
+    shared = set(ours.data.params) & set(theirs.data.params)
+    one_sided = set(ours.data.params) ^ set(theirs.data.params)
+    assert {"family", "model.cost", "model.init", "train.schedule", "train.dtype"} <= shared
+    assert all(key.startswith("sklearn.") for key in one_sided), one_sided
+    ids = json.dumps([ours.info.run_id, theirs.info.run_id])
     experiments = json.dumps([ui["experiment_id"]])
     page.goto(f"{ui['url']}/#/compare-runs?runs={ids}&experiments={experiments}")
-    names = [run.info.run_name for run in ours]
-    _see(page, ["model.hidden_sizes", "test_accuracy", *names], "compare_runs.png")
+    page.get_by_text(ours.info.run_name).first.wait_for()
+    page.screenshot(path=str(SHOTS / "compare_pair.png"))
+    for key in sorted(shared):
+        row = page.locator("tr", has=page.locator("th", has_text=re.compile(f"^{re.escape(key)}$")))
+        cells = [_value(text) for text in row.first.locator("td").all_inner_texts()]
+        logged = [_value(run.data.params[key]) for run in (ours, theirs)]
+        if len(cells) == 1:  # the view merges a list value that both runs share into one cell
+            cells *= 2
+        assert cells == logged, key  # in the order of the runs in the URL
+
+
+def _value(text: str):
+    """A param as shown or logged: JSON (lists; shown pretty-printed) parsed, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def test_the_results_by_config_render_as_a_table(ui, browser):
+    page = _new_page(browser)  # a table artifact upsets MLflow's later artifact views
+    parent, _ = _runs_by_kind(ui["runs"])
+    _open_artifacts(page, ui, parent.info.run_id)
+    page.get_by_text("summary", exact=True).first.click()
+    page.get_by_text("results_by_config.json").first.click()
+    headers = page.get_by_role("columnheader")
+    headers.filter(has_text="ours − sklearn (test)").first.wait_for()
+    assert headers.all_inner_texts() == [
+        "config",
+        "ours val",
+        "ours test",
+        "sklearn val",
+        "sklearn test",
+        "ours − sklearn (test)",
+        "seeds",
+    ]
+    rows = page.get_by_role("row").filter(has=page.get_by_role("cell"))
+    assert rows.count() == 2  # a row per config of the smoke sweep
+    page.screenshot(path=str(SHOTS / "results_table.png"))
+    page.close()
+
+
+def _status_icon(page, run_name):
+    """The status icon of a run's row (the Created column), as markup."""
+    cell = _cell(page, run_name, "runDateAndNestInfo")
+    return cell.locator("[role=img]").first.evaluate("e => e.outerHTML")
+
+
+def test_a_pruned_trial_is_shown_finished_not_failed(ui, page):
+    parent, trials = _runs_by_kind(ui["runs"], "search")
+    pruned = [t for t in trials if t.data.tags.get("stopped") == "pruned"]
+    assert pruned, "the smoke search pruned no trial"
+    assert {t.info.status for t in pruned} == {"FINISHED"}
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning")
+    row = page.locator("[role=row]", has_text=parent.info.run_name).first
+    row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+    page.get_by_text(pruned[0].info.run_name).first.wait_for()
+    finished = _status_icon(page, ui["plain"]["numpy_mlp"].info.run_name)
+    assert _status_icon(page, pruned[0].info.run_name) == finished
+    page.screenshot(path=str(SHOTS / "search_pruned.png"))
+
+
+def test_a_run_shows_both_families_learning_curves_on_one_chart(ui, page):
+    ours = ui["plain"]["numpy_mlp"]
+    for run in ui["plain"].values():  # the same chart on both runs of the pair
+        logged = {a.path for a in ui["client"].list_artifacts(run.info.run_id)}
+        assert "learning_curves.png" in logged, run.info.run_name
+    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{ours.info.run_id}/artifacts")
+    page.get_by_text("learning_curves.png", exact=True).first.click()
+    page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 400)")
+    page.screenshot(path=str(SHOTS / "learning_curves.png"))
 
 
 def test_the_parent_run_lists_its_summary_plots(ui, page):
     parent, _ = _runs_by_kind(ui["runs"])
-    page.goto(
-        f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{parent.info.run_id}/artifacts"
-    )
+    _open_artifacts(page, ui, parent.info.run_id)
     page.get_by_text("summary").first.click()
     page.get_by_text("test_accuracy_vs_hidden_sizes.png").first.wait_for()
     page.get_by_text("test_accuracy_vs_hidden_sizes.png").first.click()
@@ -313,9 +415,7 @@ def test_the_registered_model_page_shows_the_champion_alias(ui, page):
 def test_the_analysis_run_renders_its_html_report(ui, page):
     analysis = _analysis(ui["runs"])
     assert analysis.data.params["analyzed_run_id"] == ui["plain"]["numpy_mlp"].info.run_id
-    page.goto(
-        f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{analysis.info.run_id}/artifacts"
-    )
+    _open_artifacts(page, ui, analysis.info.run_id)
     page.get_by_text("report", exact=True).first.click()
     page.get_by_text("analysis.html", exact=True).first.click()
     report = page.frame_locator("iframe").first

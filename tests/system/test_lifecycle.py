@@ -37,7 +37,7 @@ def _pipeline(tmp_path, store, *overrides, popen=False):
     )
 
 
-def _training_runs(store: str, experiment: str = "mnist"):
+def _training_runs(store: str, experiment: str = "digits"):
     client = MlflowClient(store)
     return client.search_runs(
         [client.get_experiment_by_name(experiment).experiment_id], "tags.kind = 'training'"
@@ -173,15 +173,12 @@ def test_a_full_disk_mid_run_ends_the_run_failed_not_running(make_cfg, tmp_path,
                 raise OSError(errno.ENOSPC, "No space left on device")
 
             monkeypatch.setattr(network.np, "savez", no_space)
-            mlruns = tmp_path / "mlruns"
-        else:
-            mlruns = mount  # the artifacts go to the full tmpfs; the database is elsewhere
+        else:  # the artifacts go to the full tmpfs; the database is elsewhere
+            from pipeline.tracking import store
+
+            monkeypatch.setattr(store, "artifact_root", lambda database: mount.as_uri())
         cfg = make_cfg(
-            "data=digits",
-            "stages=[preprocess,train]",
-            "baseline=none",
-            "train.epochs=2",
-            f"paths.mlruns_dir={mlruns}",
+            "data=digits", "stages=[preprocess,train]", "baseline=none", "train.epochs=2"
         )
         with pytest.raises(OSError) as error:
             run_stages(cfg)

@@ -143,7 +143,7 @@ def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_kill
     runs = {
         r.data.tags["model_family"]: r
         for r in MlflowClient().search_runs(
-            [MlflowClient().get_experiment_by_name("mnist").experiment_id]
+            [MlflowClient().get_experiment_by_name("digits").experiment_id]
         )
     }
     assert runs["sklearn_mlp"].info.status == "KILLED"
@@ -586,7 +586,7 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
         wait_for(
             "a run training",
             lambda: client.search_runs(
-                [client.get_experiment_by_name("mnist").experiment_id],
+                [client.get_experiment_by_name("digits").experiment_id],
                 "attributes.status = 'RUNNING'",
             ),
             app,
@@ -603,7 +603,7 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
         statuses = [
             r.info.status
             for r in client.search_runs(
-                [client.get_experiment_by_name("mnist").experiment_id], "tags.kind = 'training'"
+                [client.get_experiment_by_name("digits").experiment_id], "tags.kind = 'training'"
             )
         ]
         assert "RUNNING" not in statuses and "KILLED" in statuses

@@ -112,6 +112,15 @@ def test_logged_model_loads_scores_and_serves_in_a_clean_virtualenv(make_cfg, tm
         )
         answer = ask_served_model(port, data.x("test")[digit : digit + 1], server)
         assert answer == {"predictions": [int(data.y("test")[digit])]}
+        # Asked for them, each digit's probability: as the logged model computes them.
+        rows = data.x("test")[:3]
+        asked = {"output": "probabilities"}
+        answer = ask_served_model(port, rows, server, params=asked)
+        expected = mlflow.pyfunc.load_model(str(model)).predict(rows, params=asked)
+        probabilities = np.asarray(answer["predictions"])
+        assert probabilities.shape == (3, 10)
+        np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
     finally:
         server.terminate()
         server.wait(timeout=30)

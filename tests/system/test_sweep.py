@@ -1,9 +1,12 @@
 """Sweeps as a user runs them (`python -m pipeline sweep=smoke ...`), checked in MLflow."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -74,15 +77,37 @@ def test_smoke_sweep_on_a_fresh_store_links_children_and_summarizes(tmp_path, at
     summary = {a.path for a in client.list_artifacts(parent_id, "summary")}
     assert summary == {
         "summary/results.csv",
-        "summary/results.md",
+        "summary/results_by_config.json",
         "summary/test_accuracy_vs_hidden_sizes.png",
+        "summary/val_accuracy_by_epoch.png",
     }
-    best = parent.tags.item()["best_child_run_id"]
-    ours = children[children.family == "numpy_mlp"]
-    best_val = max(m["val_accuracy"] for m in ours.metrics)
-    assert ours.set_index("run_id").loc[best].metrics["val_accuracy"] == best_val
-    assert parent.metrics.item()["val_accuracy"] == best_val
-    assert client.get_run(best).data.tags["best_in_sweep"] == "true"
+    # The parent's columns are the winner's: the best child by validation, either family.
+    tags, metrics = parent.tags.item(), parent.metrics.item()
+    winner = children.set_index("run_id").loc[tags["best_child_run_id"]]
+    best_val = max(m["val_accuracy"] for m in children.metrics)
+    assert winner.metrics["val_accuracy"] == best_val == metrics["val_accuracy"]
+    assert metrics["test_accuracy"] == winner.metrics["test_accuracy"]
+    assert tags["winner_family"] == winner.family
+    assert client.get_run(winner.name).data.tags["best_in_sweep"] == "true"
+    for family, label in (("numpy_mlp", "ours"), ("sklearn_mlp", "sklearn")):  # and each family's
+        runs_of = children[children.family == family]
+        assert metrics[f"best_{label}_val_accuracy"] == max(
+            m["val_accuracy"] for m in runs_of.metrics
+        )
+    by_config = client.download_artifacts(
+        parent_id, "summary/results_by_config.json", str(tmp_path)
+    )
+    table = json.loads(Path(by_config).read_text())
+    assert table["columns"] == [
+        "config",
+        "ours val",
+        "ours test",
+        "sklearn val",
+        "sklearn test",
+        "ours − sklearn (test)",
+        "seeds",
+    ]
+    assert len(table["data"]) == 2  # one row per config: ours and scikit-learn side by side
 
 
 def test_rerun_skips_finished_configs(tmp_path):
@@ -263,11 +288,11 @@ def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children(
     from pipeline.tracking import parents
 
     rows = [
-        ("frontier 800 relu η=0.05 m=100 · ours [ablation=none]", 0, "FINISHED", 0.99),
-        ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=none]", 1, "FINISHED", 0.98),
-        ("frontier 800 relu η=0.05 m=100 · ours seed=2 [ablation=none]", 2, "FAILED", None),
-        ("frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]", 0, "FINISHED", 0.97),
-        ("frontier 800 relu η=0.05 m=100 · ours seed=1 [ablation=elastic]", 1, "FINISHED", 0.95),
+        ("ours all tweaks seed=0 · frontier 800 relu η=0.05 m=100", 0, "FINISHED", 0.99),
+        ("ours all tweaks seed=1 · frontier 800 relu η=0.05 m=100", 1, "FINISHED", 0.98),
+        ("ours all tweaks seed=2 · frontier 800 relu η=0.05 m=100", 2, "FAILED", None),
+        ("ours no elastic seed=0 · frontier 800 relu η=0.05 m=100", 0, "FINISHED", 0.97),
+        ("ours no elastic seed=1 · frontier 800 relu η=0.05 m=100", 1, "FINISHED", 0.95),
     ]
     table = pd.DataFrame(
         [
@@ -284,8 +309,8 @@ def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children(
     )
     means = parents.seed_means(table).set_index("config")
     assert list(means.index) == [
-        "frontier 800 relu η=0.05 m=100 · ours [ablation=none]",
-        "frontier 800 relu η=0.05 m=100 · ours [ablation=elastic]",
+        "ours all tweaks · frontier 800 relu η=0.05 m=100",
+        "ours no elastic · frontier 800 relu η=0.05 m=100",
     ]
     assert means.seeds.tolist() == [2, 2]
     assert means.test_accuracy_mean.tolist() == pytest.approx([0.985, 0.96])
@@ -295,12 +320,15 @@ def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children(
 def test_a_config_group_choice_names_the_sweep_child():
     from pipeline.stages import sweep
 
-    assert (
-        sweep.run_label(
-            ["ablation=elastic", "seed=1", "model.cost=quadratic", "train.learning_rate=0.1"]
-        )
-        == "ablation=elastic cost=quadratic"
-    )
+    swept = {"ablation", "seed", "model.cost", "sweep.step"}
+    overrides = ["ablation=elastic", "seed=1", "model.cost=quadratic", "sweep.step=2"]
+    overrides += ["train.epochs=3"]  # set for every job, so not what tells them apart
+    assert sweep.varied(overrides, swept) == [
+        "ablation=elastic",
+        "seed",
+        "model.cost",
+        "train.learning_rate",
+    ]
 
 
 def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seeds(tmp_path):
@@ -332,9 +360,9 @@ def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seed
         [MlflowClient(f"sqlite:///{db}").get_experiment_by_name(EXPERIMENT).experiment_id],
         "tags.kind = 'training'",
     ):
-        row = run.info.run_name.rsplit("ablation=", 1)[1].split()[
-            0
-        ]  # '… [ablation=elastic epochs=2]'
+        # 'ours no elastic seed=1 · frontier 16 relu η=0.05 m=100', 'ours all tweaks seed=0 · …'
+        lead = run.info.run_name.split(" · ")[0]
+        row = "none" if "all tweaks" in lead else re.search(r"\bno (\w+)", lead)[1]
         params.setdefault(row, []).append(run.data.params)
     assert sorted(params) == ["cosine", "elastic", "momentum", "none"]
     for p in params["none"]:
@@ -360,6 +388,6 @@ def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seed
         mine = [
             m["test_accuracy"]
             for m, name in zip(children.metrics, tests.row)
-            if name.replace(" seed=1", "") == row.config
+            if re.sub(r" seed=\d+", "", name) == row.config
         ]
         assert len(mine) == 2 and row.test_accuracy_mean == pytest.approx(sum(mine) / 2)
