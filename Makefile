@@ -18,7 +18,7 @@ LAUNCHER ?=
 PG_PORT ?= 5432
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-extras lock run data train compare analyze reproduce register serve ui server sweep test test-fast bench lint format clean
+.PHONY: help install install-extras lock run data train compare analyze reproduce register serve demo ui server sweep test test-fast bench bench-cli lint format clean
 
 ## this list: each target with the first line of its comment
 help:
@@ -137,3 +137,7 @@ clean:
 ## seconds per epoch on the real 60k MNIST, ours vs scikit-learn (and PyTorch if installed)
 bench: install
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
+
+## seconds a person waits: --help, a config error, make ui ready, make run by stage
+bench-cli: install
+	$(PY) benchmarks/cli_speed.py $(ARGS)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import hydra
@@ -41,7 +42,9 @@ def run_stages(cfg: DictConfig, summary: bool = False) -> dict:
     results: dict = {}
     for stage in cfg.stages:
         log.info("stage %s", stage)
+        started = time.perf_counter()
         results[stage] = importlib.import_module(module(stage)).run(cfg, results)
+        log.info("stage %s done in %.2f s", stage, time.perf_counter() - started)
     if summary and results.get("train"):
         from pipeline.tracking import runs
 
