@@ -11,6 +11,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 ARGS   ?=
 PORT   ?= 5000
 SERVE_PORT ?= 5001
+DEMO_PORT ?= 5002
 MODEL  ?= mnist-classifier
 SWEEP  ?= grid
 SEARCH ?= classic16
@@ -80,6 +81,11 @@ register: install
 ## serve the champion on 127.0.0.1:5001 (SERVE_PORT=, MODEL=digits-classifier for another)
 serve: install
 	$(PY) -m pipeline.serve.model --model $(MODEL) --port $(SERVE_PORT) \
+	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
+
+## draw a digit, watch a network think: a page on 127.0.0.1:5002 (RUN_ID=, default the champion)
+demo: install
+	$(PY) -m pipeline.serve.demo --port $(DEMO_PORT) $(if $(RUN_ID),--run-id $(RUN_ID)) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
 
 ## the MLflow UI over the project's store, on 127.0.0.1 (make ui PORT=5001 for another port)

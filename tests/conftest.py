@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import real_mnist_or_skip
 from hydra import compose, initialize_config_dir
 
 from pipeline import config as _config  # noqa: F401 — registers the schema with Hydra
@@ -83,12 +84,4 @@ def real_mnist_mirror() -> Path:
 
     Skipped where absent, except under CI=true, where missing real data is a failure.
     """
-    candidates = [Path(_REAL_MIRROR)] if _REAL_MIRROR else []
-    candidates.append(PROJECT_ROOT.parent / "shared" / "datasets" / "mnist")
-    for folder in candidates:
-        if all((folder / name).exists() for name in download.MNIST_FILES):
-            return folder.resolve()
-    message = f"real MNIST not found: set {download.MIRROR_ENV} to a folder with the four .gz files"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    return real_mnist_or_skip(_REAL_MIRROR)

@@ -145,12 +145,19 @@ class Network:
     # ---- forward ----------------------------------------------------------------------
     def feedforward(self, x: np.ndarray) -> np.ndarray:
         """The output activations aᴸ for the rows of x."""
+        return self.activations(x)[-1]
+
+    def activations(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every layer's activations [a⁰ = x, a¹, …, aᴸ] for the rows of x: aˡ = σ(zˡ)
+        in the hidden layers, the cost's output units in the last."""
         a = np.asarray(x, dtype=self.dtype)
+        layers = [a]
         last = len(self.weights) - 1
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = a @ w + b
             a = self.C.output(z) if l == last else self.sigma.fn(z)
-        return a
+            layers.append(a)
+        return layers
 
     def outputs(self, x: np.ndarray, chunk: int = 10000) -> np.ndarray:
         """feedforward over many rows, in chunks to bound memory."""

@@ -188,3 +188,21 @@ def ask_served_model(
             return None
 
     return wait_for(f"answer from the model server on port {port}", answer, server, seconds, 1)
+
+
+def real_mnist_or_skip(mirror: str | None = None) -> Path:
+    """The folder of the four real MNIST files (mirror, else ../shared/datasets/mnist).
+
+    Skips the test where absent, except under CI=true, where missing real data is a failure.
+    """
+    from pipeline.data import download
+
+    candidates = [Path(mirror)] if mirror else []
+    candidates.append(PROJECT_ROOT.parent / "shared" / "datasets" / "mnist")
+    for folder in candidates:
+        if all((folder / name).exists() for name in download.MNIST_FILES):
+            return folder.resolve()
+    message = f"real MNIST not found: set {download.MIRROR_ENV} to a folder with the four .gz files"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -20,45 +20,17 @@ without it the test skips, except under CI=true, where that is a failure.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 from helpers import SMALL_ANALYSIS, free_port, run_app, wait_for
+from helpers.browser import CHROMIUM, FLAGS, browser_or_skip
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SHOTS = PROJECT_ROOT / "test-artifacts" / "e2e"
-
-
-def _browser_or_skip():
-    missing = []
-    if not Path(CHROMIUM).exists():
-        missing.append("chromium (apt-get install chromium chromium-driver)")
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
-    except ImportError:
-        missing.append("playwright (pip install playwright; never `playwright install`)")
-    if missing:
-        message = "e2e needs " + " and ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 EXPERIMENT = "digits"
@@ -81,7 +53,7 @@ def _pipeline(args, tmp):
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """`make run`, a smoke sweep and an analysis in a fresh store; the UI serving it."""
-    _browser_or_skip()
+    browser_or_skip()
     tmp = tmp_path_factory.mktemp("e2e")
     mlruns = tmp / "mlruns"
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")

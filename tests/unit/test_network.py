@@ -283,3 +283,15 @@ def test_class_probabilities_are_rows_summing_to_one_even_when_outputs_underflow
     a = np.array([[0.2, 0.6, 0.2], [0.0, 0.0, 0.0]], dtype=np.float32)
     p = Quadratic.probabilities(a)
     np.testing.assert_allclose(p, [[0.2, 0.6, 0.2], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+
+
+def test_activations_are_every_layer_and_end_with_the_feedforward_output():
+    net = Network([12, 5, 4, 3], "relu", "cross_entropy", "he", "float64")
+    x = np.random.default_rng(1).random((6, 12))
+    layers = net.activations(x)
+    assert [a.shape for a in layers] == [(6, 12), (6, 5), (6, 4), (6, 3)]
+    np.testing.assert_array_equal(layers[0], x)
+    z1 = x @ net.weights[0] + net.biases[0]
+    np.testing.assert_allclose(layers[1], np.maximum(z1, 0))  # a¹ = σ(z¹), ReLU here
+    np.testing.assert_array_equal(layers[-1], net.feedforward(x))
+    np.testing.assert_allclose(layers[-1].sum(axis=1), 1)  # softmax outputs

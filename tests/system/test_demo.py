@@ -1,0 +1,208 @@
+"""`make demo` in a real browser: draw a digit, load a test image or noise, switch runs.
+
+Two networks of ours trained on the real MNIST into a fresh store, as a user trains them
+(the classic 784-16-16-10 and a 784-100-10 ReLU net), then `python -m pipeline.serve.demo`
+on the classic one and Debian's Chromium. What the page shows is checked against the
+logged model itself, loaded as serving loads it: the answer and the ten output
+activations for the very pixels the page sent. Screenshots go to test-artifacts/demo/.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from helpers import free_port, real_mnist_or_skip, run_app, wait_for
+from helpers.browser import CHROMIUM, FLAGS, browser_or_skip
+from scipy import ndimage
+
+from pipeline.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
+SHOTS = PROJECT_ROOT / "test-artifacts" / "demo"
+
+
+def _train(tmp, name, *overrides):
+    done = run_app(
+        *overrides,
+        "baseline=none",
+        "stages=[download,preprocess,train]",
+        f"paths.mlruns_dir={tmp / 'mlruns'}",
+        f"paths.data_dir={tmp / 'data'}",
+        f"data.mirrors=[{real_mnist_or_skip()}]",
+        f"hydra.run.dir={tmp / name}",
+        env={"MLFLOW_TRACKING_URI": None, "PIPELINE_DATA_MIRROR": None},
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    browser_or_skip()
+    tmp = tmp_path_factory.mktemp("demo")
+    _train(tmp, "classic", "train.epochs=3")
+    _train(
+        tmp,
+        "wide",
+        "model.hidden_sizes=[100]",
+        "model.activation=relu",
+        "model.cost=cross_entropy",
+        "model.init=he",
+        "train.learning_rate=0.1",
+        "train.epochs=2",
+    )
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    runs = {
+        r.data.params["model.activation"]: r.info.run_id
+        for r in mlflow.MlflowClient().search_runs(
+            [e.experiment_id for e in mlflow.MlflowClient().search_experiments()]
+        )
+    }
+    port = free_port()
+    log = tmp / "demo.log"
+    with open(log, "w") as out:
+        server = run_app(
+            "--port",
+            port,
+            "--mlruns",
+            tmp / "mlruns",
+            module="pipeline.serve.demo",
+            env={"MLFLOW_TRACKING_URI": None, "RUN_ID": runs["sigmoid"]},
+            popen=True,
+            output=out,
+        )
+    try:
+        wait_for("make demo's link", lambda: "demo: http" in log.read_text(), server, log=log)
+        yield {"url": f"http://127.0.0.1:{port}", "runs": runs, "uri": uri}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def page(demo):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.set_default_timeout(60_000)
+        page.goto(demo["url"])
+        page.wait_for_function("() => window.demo && window.demo.last")
+        yield page
+        browser.close()
+
+
+def network(run_id):
+    """The run's network, loaded as `mlflow models serve` loads it."""
+    return mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().net
+
+
+def shown(page) -> dict:
+    """What the page shows now: the answer, the ten outputs, the pixels it sent."""
+    return page.evaluate(
+        """() => ({
+            answer: document.getElementById('answer').textContent,
+            outputs: [...document.querySelectorAll('#outputs li')].map(li => +li.dataset.value),
+            input: window.demo.last.input,
+            run: window.demo.runId,
+        })"""
+    )
+
+
+def settle(page, action) -> dict:
+    """Do action, then wait until the page shows the answer to it (and to nothing later)."""
+    page.evaluate("() => { window.demo.seen = window.demo.last; }")
+    action()
+    page.wait_for_function("() => window.demo.last !== window.demo.seen && !window.demo.busy")
+    return shown(page)
+
+
+def check_against_the_model(page, run_id) -> dict:
+    now = shown(page)
+    assert now["run"] == run_id
+    outputs = network(run_id).feedforward(np.asarray([now["input"]], dtype=np.float32))[0]
+    assert int(now["answer"]) == int(np.argmax(outputs))
+    np.testing.assert_allclose(now["outputs"], outputs, atol=1e-4)
+    return now
+
+
+def test_a_drawn_one_is_made_a_training_digit_and_the_classic_net_reads_a_1(demo, page):
+    page.click("#clear")
+    box = page.locator("#canvas").bounding_box()
+    x, top = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.15
+
+    def stroke():
+        page.mouse.move(x, top)
+        page.mouse.down()
+        for i in range(1, 21):
+            page.mouse.move(x + i * 0.6, top + i * box["height"] * 0.035)
+        page.mouse.up()
+
+    settle(page, stroke)
+    now = check_against_the_model(page, demo["runs"]["sigmoid"])
+    assert now["answer"] == "1"
+    # Preprocessed as MNIST's digits: 20 pixels tall, centre of mass at the field's centre.
+    image = np.asarray(now["input"]).reshape(28, 28)
+    rows = np.flatnonzero(image.max(axis=1) > 0.05)
+    assert rows[-1] - rows[0] + 1 in (20, 21)
+    np.testing.assert_allclose(ndimage.center_of_mass(image), [13.5, 13.5], atol=1.0)
+    page.screenshot(path=str(SHOTS / "classic_drawn_1.png"))
+
+
+def test_a_test_image_shows_the_models_own_answer_and_outputs(demo, page):
+    settle(page, lambda: page.click("#test-image"))
+    page.get_by_text("test image").first.wait_for()
+    check_against_the_model(page, demo["runs"]["sigmoid"])
+
+
+def test_noise_shows_its_top_output(demo, page):
+    now = settle(page, lambda: page.click("#noise"))
+    page.get_by_text("uniform noise").first.wait_for()
+    assert max(now["input"]) > 0.9 and min(now["input"]) < 0.1  # noise, not a digit
+    check_against_the_model(page, demo["runs"]["sigmoid"])
+
+
+def test_switching_runs_shows_what_the_other_network_does_with_the_same_image(demo, page):
+    settle(page, lambda: page.click("#test-image"))
+    before = shown(page)
+    wide = demo["runs"]["relu"]
+    after = settle(page, lambda: page.select_option("#run-select", wide))
+    assert after["input"] == before["input"]  # the same picture…
+    assert after["outputs"] != before["outputs"]  # …another network's answer to it
+    check_against_the_model(page, wide)
+    assert "16/100" in page.locator("#network").text_content()  # the wide layer, summarised
+    assert page.locator("#weights canvas").count() == 16
+    page.screenshot(path=str(SHOTS / "wide_test_image.png"))
+
+
+def _post(url, body: bytes):
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_bad_input_gets_a_4xx_with_the_reason(demo):
+    predict = f"{demo['url']}/api/runs/{demo['runs']['sigmoid']}/predict"
+    for body, status, reason in (
+        (b'{"pixels": [NaN' + b", 0.5" * 783 + b"]}", 400, "must be finite"),
+        (json.dumps({"pixels": [0.5] * 100}).encode(), 400, "expected rows of 784"),
+        (json.dumps({"pixels": [255.0] * 784}).encode(), 400, "divide 0..255 pixels by 255"),
+        (json.dumps({"drawing": [[0.5] * 3000] * 3}).encode(), 400, "8 to 280 pixels"),
+        (b"not json", 400, "send JSON"),
+        (b"[" + b"0.5," * 1_000_000 + b"0]", 413, "at most"),
+    ):
+        got, answer = _post(predict, body)
+        assert got == status and reason in answer["error"], (got, answer)
+    got, answer = _post(f"{demo['url']}/api/runs/nosuchrun/predict", b'{"pixels": [0]}')
+    assert got == 404 and "nosuchrun" in answer["error"]
