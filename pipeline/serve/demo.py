@@ -18,25 +18,27 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.families import OURS
 from pipeline.logs import redact
-from pipeline.paths import from_root
 from pipeline.serve import ui
+from pipeline.tracking.store import UI_PORT
 
-OURS = "numpy_mlp"  # the family whose networks the page can open (families/numpy_mlp.py)
+# The page opens networks of ours (families.OURS); the search of them, shared with the app.
+OURS_FINISHED = (
+    f"tags.kind = 'training' and tags.model_family = '{OURS}' and attributes.status = 'FINISHED'"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Draw a digit, watch a tracked network think.")
     ui.add_network_options(parser)
-    parser.set_defaults(port=int(os.environ.get("DEMO_PORT", "5002")))
+    parser.set_defaults(port=os.environ.get("DEMO_PORT", "5002"))  # argparse makes it an int
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID") or None)
     parser.add_argument("--model", default="mnist-classifier", help="whose @champion to open")
     args = parser.parse_args(argv)
-    uri = (
-        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{from_root(args.mlruns) / 'mlflow.db'}"
-    )
+    uri = ui.store_uri(args.mlruns)
     try:
-        ui.check_network(args)
+        allowed = ui.check_network(args)
         run_id, why = pick_run(uri, args.run_id, args.model)
     except ui.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -53,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         args.host,
         "--port",
         str(args.port),
+        *(["--allowed-hosts", allowed] if allowed else []),
     ]
-    ui_url = redact(uri).rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    ui_url = redact(uri).rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{UI_PORT}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_UI_URL": ui_url}
     return ui.run_server(
         command,
@@ -90,15 +93,14 @@ def pick_run(uri: str, run_id: str | None, model: str) -> tuple[str, str]:
             pass  # no champion yet: the newest run of ours
         found = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
-            f"tags.kind = 'training' and tags.model_family = '{OURS}' "
-            "and attributes.status = 'FINISHED'",
+            OURS_FINISHED,
             max_results=20,
             order_by=["attributes.start_time DESC"],
         )
     except mlflow.exceptions.MlflowException as e:
         raise ui.UsageError(f"cannot read {redact(uri)}: {redact(str(e))[:300]}") from None
     for run in found:
-        if "stopped" not in run.data.tags and has_model(run):
+        if showable(run):
             return run.info.run_id, "the newest run of ours"
     raise ui.UsageError(
         "no finished run of ours with a logged model in the store: train one first "
@@ -106,9 +108,14 @@ def pick_run(uri: str, run_id: str | None, model: str) -> tuple[str, str]:
     )
 
 
-def has_model(run) -> bool:
-    """Whether the run logged a model (MLflow 3 keeps it as a logged model of the run)."""
-    return bool(run.outputs and run.outputs.model_outputs)
+def showable(run) -> bool:
+    """A run of ours that trained all its epochs (not pruned) and logged its model (MLflow 3
+    keeps it as a logged model of the run)."""
+    return (
+        run.data.tags.get("model_family") == OURS
+        and "stopped" not in run.data.tags
+        and bool(run.outputs and run.outputs.model_outputs)
+    )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from pipeline.data import drawing
 from pipeline.engine.inputs import InputError, check_pixels
-from pipeline.serve.demo import has_model
+from pipeline.serve.demo import OURS_FINISHED, showable
 
 PAGE = Path(__file__).with_name("demo_page")
 MAX_BODY = 2_000_000  # bytes: a 280×280 drawing as JSON is ~0.6 MB
@@ -53,9 +54,12 @@ def client():
 
 @functools.lru_cache(maxsize=8)
 def network(run_id: str):
-    """The run's logged model, loaded as `mlflow models serve` loads it: its Network."""
+    """The run's logged model, loaded as `mlflow models serve` loads it: its Network. Only
+    a run of ours that the demo lists: loading a model runs its code."""
     import mlflow
 
+    if not showable(_run(run_id)):
+        raise HTTPException(404, f"run {run_id} is not a finished run of ours with a model")
     try:
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
         return model.unwrap_python_model().net
@@ -95,7 +99,8 @@ def describe(run) -> dict:
             )
             if key in params
         },
-        "link": f"{tracking}/#/experiments/{experiment}/runs/{run.info.run_id}",
+        "link": f"{tracking}/#/experiments/{experiment}/runs/{run.info.run_id}"
+        "?workflowType=machine_learning",
     }
 
 
@@ -120,12 +125,11 @@ def runs():
     first = _run(STATE["run_id"])
     found = client().search_runs(
         [first.info.experiment_id],
-        "tags.kind = 'training' and tags.model_family = 'numpy_mlp' "
-        "and attributes.status = 'FINISHED'",
+        OURS_FINISHED,
         max_results=100,
         order_by=["attributes.start_time DESC"],
     )
-    shown = [describe(r) for r in found if "stopped" not in r.data.tags and has_model(r)]
+    shown = [describe(r) for r in found if showable(r)]
     return {"current": STATE["run_id"], "runs": shown}
 
 
@@ -145,7 +149,8 @@ def weights(run_id: str, units: str = ""):
     net = network(run_id)
     w = net.weights[0]  # (n_in, n_out): column j is unit j's incoming weights
     try:
-        chosen = [int(u) for u in units.split(",") if u] or list(range(min(w.shape[1], 16)))
+        shown = range(min(w.shape[1], SHOWN_UNITS))
+        chosen = [int(u) for u in units.split(",") if u] or list(shown)
     except ValueError:
         raise HTTPException(400, "units: unit numbers separated by commas, e.g. 0,3,7") from None
     if any(not 0 <= u < w.shape[1] for u in chosen) or len(chosen) > 64:
@@ -158,7 +163,12 @@ def weights(run_id: str, units: str = ""):
 
 
 @app.get("/api/runs/{run_id}/sample")
-def sample(run_id: str, kind: str = "test", index: int | None = None, seed: int | None = None):
+def sample(
+    run_id: str,
+    kind: str = "test",
+    index: int | None = None,
+    seed: int | None = Query(None, ge=0),
+):
     """A test image of the run's dataset (random unless index) with its label, or an image
     of uniform noise in [0, 1]."""
     net = network(run_id)
@@ -177,6 +187,7 @@ def sample(run_id: str, kind: str = "test", index: int | None = None, seed: int 
 @functools.lru_cache(maxsize=2)
 def test_split(run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """The run's test images, from its own config (its config.yaml artifact)."""
+    import mlflow
     from omegaconf import OmegaConf
 
     from pipeline import config as _config  # noqa: F401 — registers the schema
@@ -186,7 +197,7 @@ def test_split(run_id: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         path = client().download_artifacts(run_id, "config.yaml")
         data = dataset.load(OmegaConf.load(path).data)
-    except (PipelineError, OSError) as e:
+    except (PipelineError, OSError, mlflow.exceptions.MlflowException) as e:
         raise HTTPException(404, f"the test images of run {run_id} are not here: {e}") from e
     return data.x("test"), data.y("test")
 
@@ -195,29 +206,34 @@ def test_split(run_id: str) -> tuple[np.ndarray, np.ndarray]:
 async def predict(run_id: str, request: Request):
     """Every layer's activations for one image: {"pixels": side² values in [0, 1]}, or
     {"drawing": rows of ink in [0, 1]} made into a training image first (data/drawing.py)."""
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise HTTPException(413, f"the request is {len(body)} bytes; at most {MAX_BODY}")
+    # Read as it arrives, keeping at most MAX_BODY bytes: the sender of a huge body gets a
+    # 413 answer (not a reset connection), and memory stays bounded.
+    kept, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_BODY:
+            kept.append(chunk)
+    if size > MAX_BODY:
+        raise HTTPException(413, f"the request is {size} bytes; at most {MAX_BODY}")
+    body = b"".join(kept)
     try:
         sent = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HTTPException(
             400, 'send JSON: {"pixels": [...]} or {"drawing": [[...], ...]}'
         ) from None
-    if not isinstance(sent, dict) or not ({"pixels", "drawing"} & set(sent)):
+    if not isinstance(sent, dict) or len({"pixels", "drawing"} & set(sent)) != 1:
         raise HTTPException(400, 'send {"pixels": [...]} or {"drawing": [[...], ...]}')
     net = network(run_id)
     width = net.sizes[0]
     try:
         if "drawing" in sent:
-            ink = check_pixels(sent["drawing"], len(sent["drawing"][0]), np.float64)
-            if not 8 <= ink.shape[1] <= MAX_DRAWING_SIDE or len(ink) > MAX_DRAWING_SIDE:
-                raise InputError(f"a drawing is 8 to {MAX_DRAWING_SIDE} pixels on each side")
-            pixels = drawing.as_training_image(ink, side=int(round(np.sqrt(width))))
+            side = int(round(np.sqrt(width)))
+            pixels = drawing.as_training_image(drawn(sent["drawing"]), side=side)
         else:
-            pixels = check_pixels(sent["pixels"], width, net.dtype)[0]
-    except (InputError, TypeError, IndexError, KeyError) as e:
-        raise HTTPException(400, str(e) or "expected rows of pixel values in [0, 1]") from None
+            pixels = check_pixels(one_image(sent["pixels"]), width, net.dtype)[0]
+    except InputError as e:
+        raise HTTPException(400, str(e)) from None
     layers = [a[0] for a in net.activations(pixels[None, :])]
     hidden = []
     for a in layers[1:-1]:
@@ -225,11 +241,43 @@ async def predict(run_id: str, request: Request):
         hidden.append({"size": len(a), "units": a.round(4).tolist(), "top": top.tolist()})
     outputs = layers[-1]
     return {
-        "input": np.round(layers[0], 4).tolist(),
+        "input": layers[0].tolist(),  # exactly what the layers were computed from
         "hidden": hidden,
         "outputs": outputs.tolist(),
         "prediction": int(np.argmax(outputs)),
     }
+
+
+def numbers(value, what: str) -> np.ndarray:
+    """value as an array of floats (lists of numbers only: no strings, no objects)."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged rows
+        raise InputError(f"{what}: rows of equal length") from None
+    if array.dtype.kind not in "iuf":  # strings, objects, booleans, empty nesting
+        raise InputError(f"{what}: numbers in [0, 1]")
+    return array.astype(np.float64)
+
+
+def one_image(pixels) -> np.ndarray:
+    """One image's pixels as a flat list (a single row is accepted too)."""
+    image = numbers(pixels, "pixels")
+    if image.ndim == 2 and len(image) == 1:
+        image = image[0]
+    if image.ndim != 1:
+        raise InputError(f"pixels: one image as a flat list of numbers, got shape {image.shape}")
+    return image
+
+
+def drawn(rows) -> np.ndarray:
+    """A drawing: rows of ink in [0, 1], each side 8 to MAX_DRAWING_SIDE pixels."""
+    ink = numbers(rows, "drawing")
+    if ink.ndim != 2 or not all(8 <= n <= MAX_DRAWING_SIDE for n in ink.shape):
+        raise InputError(
+            f"drawing: rows of ink, 8 to {MAX_DRAWING_SIDE} pixels on each side, got shape "
+            f"{ink.shape}"
+        )
+    return check_pixels(ink, ink.shape[1], np.float64)
 
 
 @app.exception_handler(HTTPException)
@@ -242,9 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
+    parser.add_argument("--allowed-hosts", help="Host headers to accept besides loopback's")
     args = parser.parse_args(argv)
     import uvicorn
 
+    # Only requests addressed to this machine's loopback names (or the names the user
+    # allowed): a web page elsewhere cannot reach the page by DNS rebinding.
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    names += [n.rsplit(":", 1)[0] for n in (args.allowed_hosts or "").split(",") if n]
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=names)
     STATE["run_id"] = args.run_id
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

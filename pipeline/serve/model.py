@@ -17,20 +17,17 @@ import sys
 from pathlib import Path
 
 from pipeline.logs import redact
-from pipeline.paths import from_root
 from pipeline.serve import ui
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve a registered model of the project.")
     ui.add_network_options(parser)
-    parser.set_defaults(port=int(os.environ.get("SERVE_PORT", "5001")))
+    parser.set_defaults(port=os.environ.get("SERVE_PORT", "5001"))  # argparse makes it an int
     parser.add_argument("--model", default="mnist-classifier", help="the registered model")
     parser.add_argument("--alias", default="champion", help="which of its versions")
     args = parser.parse_args(argv)
-    uri = (
-        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{from_root(args.mlruns) / 'mlflow.db'}"
-    )
+    uri = ui.store_uri(args.mlruns)
     try:
         ui.check_network(args)
         version = champion(uri, args.model, args.alias)

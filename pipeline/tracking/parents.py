@@ -87,17 +87,23 @@ def best_child(table: pd.DataFrame, label: str | None = None) -> pd.Series | Non
     """The finished child (of the family labelled `label`: ours, sklearn; or of any) with
     the best validation accuracy: selection on validation, never on test. A pruned child
     (finished, but cut short) is never the best."""
-    done = table[(table.status == "FINISHED") & table.val_accuracy.notna() & table.stopped.isna()]
+    done = finished(table)
+    done = done[done.val_accuracy.notna()]
     if label is not None:
         done = done[done.label == label]
     return None if done.empty else done.loc[done.val_accuracy.idxmax()]
+
+
+def finished(table: pd.DataFrame) -> pd.DataFrame:
+    """The children that trained all their epochs: FINISHED and not pruned."""
+    return table[(table.status == "FINISHED") & table.stopped.isna()]
 
 
 def pair_table(table: pd.DataFrame) -> pd.DataFrame:
     """A row per config, its families side by side: val and test accuracy of each (means
     over its seeds), ours − scikit-learn on test, and the seeds; best validation first.
     The config is a child's name without its family and seed."""
-    done = table[(table.status == "FINISHED") & table.stopped.isna()]
+    done = finished(table)
     if done.empty:
         return pd.DataFrame()
     config = (
@@ -128,7 +134,7 @@ def best_configs_figure(table: pd.DataFrame, n: int = 3):
     family, on one chart."""
     from pipeline.tracking import runs
 
-    done = table[(table.status == "FINISHED") & table.stopped.isna()]
+    done = finished(table)
     best = done.sort_values("val_accuracy", ascending=False).head(n)
     curves = {
         str(row.run_name)[:60]: runs.curves(str(row.run_id), ("val_accuracy",))
@@ -224,8 +230,9 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def seed_means(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count of val and test accuracy over the seeds of each
-    config (a child's run name without its seed), finished children only, best first."""
-    done = table[table.status == "FINISHED"]
+    config (a child's run name without its seed), finished (not pruned) children only,
+    best first."""
+    done = finished(table)
     config = done.run_name.str.replace(r" seed=\d+", "", regex=True)
     means = (
         done.assign(config=config)
@@ -244,7 +251,7 @@ def seed_means(table: pd.DataFrame) -> pd.DataFrame:
 def accuracy_plot(table: pd.DataFrame, setting: str):
     """Mean test accuracy against one setting: a line per activation, the baseline dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    done = table[table.status == "FINISHED"]
+    done = finished(table)
     order = sorted(done[setting].unique(), key=_sort_key)
     for i, activation in enumerate(sorted(done.activation.unique())):
         for family, style in (("numpy_mlp", "-o"), ("sklearn_mlp", "--s")):

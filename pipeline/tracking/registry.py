@@ -56,6 +56,11 @@ def register(run_id: str, model_name: str | None = None, alias: str = "champion"
             f"register: run {run_id} is not a FINISHED training run "
             f"(kind={tags.get('kind')}, status {source.info.status})"
         )
+    if "stopped" in tags:  # finished, but cut short on purpose: not a model to serve
+        raise PipelineError(
+            f"register: run {run_id} was {tags['stopped']} ({tags.get('stopped_reason', '')}); "
+            "register a run that trained all its epochs"
+        )
     try:
         mlflow.models.get_model_info(f"runs:/{run_id}/model")
     except (MlflowException, OSError):

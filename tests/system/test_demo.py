@@ -10,6 +10,7 @@ activations for the very pixels the page sent. Screenshots go to test-artifacts/
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 
@@ -33,7 +34,7 @@ def _train(tmp, name, *overrides):
         "stages=[download,preprocess,train]",
         f"paths.mlruns_dir={tmp / 'mlruns'}",
         f"paths.data_dir={tmp / 'data'}",
-        f"data.mirrors=[{real_mnist_or_skip()}]",
+        f"data.mirrors=[{real_mnist_or_skip(os.environ.get('PIPELINE_DATA_MIRROR'))}]",
         f"hydra.run.dir={tmp / name}",
         env={"MLFLOW_TRACKING_URI": None, "PIPELINE_DATA_MIRROR": None},
         timeout=900,
@@ -57,12 +58,10 @@ def demo(tmp_path_factory):
         "train.epochs=2",
     )
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
     runs = {
         r.data.params["model.activation"]: r.info.run_id
-        for r in mlflow.MlflowClient().search_runs(
-            [e.experiment_id for e in mlflow.MlflowClient().search_experiments()]
-        )
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
     }
     port = free_port()
     log = tmp / "demo.log"
@@ -100,9 +99,14 @@ def page(demo):
         browser.close()
 
 
-def network(run_id):
+def network(demo, run_id):
     """The run's network, loaded as `mlflow models serve` loads it."""
-    return mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().net
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(demo["uri"])
+    try:
+        return mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().net
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def shown(page) -> dict:
@@ -112,6 +116,7 @@ def shown(page) -> dict:
             answer: document.getElementById('answer').textContent,
             outputs: [...document.querySelectorAll('#outputs li')].map(li => +li.dataset.value),
             input: window.demo.last.input,
+            hidden: window.demo.last.hidden.map(h => h.units),
             run: window.demo.runId,
         })"""
     )
@@ -125,12 +130,20 @@ def settle(page, action) -> dict:
     return shown(page)
 
 
-def check_against_the_model(page, run_id) -> dict:
+def check_against_the_model(page, demo, run_id) -> dict:
+    """The page's answer, outputs, hidden activations and weight images are the logged
+    network's, for the pixels the page sent."""
     now = shown(page)
     assert now["run"] == run_id
-    outputs = network(run_id).feedforward(np.asarray([now["input"]], dtype=np.float32))[0]
-    assert int(now["answer"]) == int(np.argmax(outputs))
-    np.testing.assert_allclose(now["outputs"], outputs, atol=1e-4)
+    net = network(demo, run_id)
+    layers = net.activations(np.asarray([now["input"]], dtype=np.float32))
+    assert int(now["answer"]) == int(np.argmax(layers[-1][0]))
+    np.testing.assert_allclose(now["outputs"], layers[-1][0], atol=1e-4)
+    for shown_units, a in zip(now["hidden"], layers[1:-1]):
+        np.testing.assert_allclose(shown_units, a[0], atol=1e-4)
+    with urllib.request.urlopen(f"{demo['url']}/api/runs/{run_id}/weights?units=0,5") as r:
+        weights = json.loads(r.read())
+    np.testing.assert_allclose(weights["weights"], net.weights[0][:, [0, 5]].T, atol=1e-4)
     return now
 
 
@@ -147,7 +160,7 @@ def test_a_drawn_one_is_made_a_training_digit_and_the_classic_net_reads_a_1(demo
         page.mouse.up()
 
     settle(page, stroke)
-    now = check_against_the_model(page, demo["runs"]["sigmoid"])
+    now = check_against_the_model(page, demo, demo["runs"]["sigmoid"])
     assert now["answer"] == "1"
     # Preprocessed as MNIST's digits: 20 pixels tall, centre of mass at the field's centre.
     image = np.asarray(now["input"]).reshape(28, 28)
@@ -158,16 +171,19 @@ def test_a_drawn_one_is_made_a_training_digit_and_the_classic_net_reads_a_1(demo
 
 
 def test_a_test_image_shows_the_models_own_answer_and_outputs(demo, page):
-    settle(page, lambda: page.click("#test-image"))
-    page.get_by_text("test image").first.wait_for()
-    check_against_the_model(page, demo["runs"]["sigmoid"])
+    with page.expect_response(lambda r: "/sample?kind=test" in r.url) as sample:
+        now = settle(page, lambda: page.click("#test-image"))
+    sent = sample.value.json()
+    assert now["input"] == pytest.approx(sent["pixels"], abs=1e-4)  # the image, as it is
+    page.get_by_text(f"test image {sent['index']}: labelled {sent['label']}").wait_for()
+    check_against_the_model(page, demo, demo["runs"]["sigmoid"])
 
 
 def test_noise_shows_its_top_output(demo, page):
     now = settle(page, lambda: page.click("#noise"))
     page.get_by_text("uniform noise").first.wait_for()
     assert max(now["input"]) > 0.9 and min(now["input"]) < 0.1  # noise, not a digit
-    check_against_the_model(page, demo["runs"]["sigmoid"])
+    check_against_the_model(page, demo, demo["runs"]["sigmoid"])
 
 
 def test_switching_runs_shows_what_the_other_network_does_with_the_same_image(demo, page):
@@ -177,7 +193,7 @@ def test_switching_runs_shows_what_the_other_network_does_with_the_same_image(de
     after = settle(page, lambda: page.select_option("#run-select", wide))
     assert after["input"] == before["input"]  # the same picture…
     assert after["outputs"] != before["outputs"]  # …another network's answer to it
-    check_against_the_model(page, wide)
+    check_against_the_model(page, demo, wide)
     assert "16/100" in page.locator("#network").text_content()  # the wide layer, summarised
     assert page.locator("#weights canvas").count() == 16
     page.screenshot(path=str(SHOTS / "wide_test_image.png"))
@@ -200,6 +216,12 @@ def test_bad_input_gets_a_4xx_with_the_reason(demo):
         (json.dumps({"pixels": [255.0] * 784}).encode(), 400, "divide 0..255 pixels by 255"),
         (json.dumps({"drawing": [[0.5] * 3000] * 3}).encode(), 400, "8 to 280 pixels"),
         (b"not json", 400, "send JSON"),
+        (b'{"drawing": [[]]}', 400, "8 to 280 pixels on each side"),
+        (b'{"drawing": [[0.5, 0.5], [0.5]]}', 400, "rows of equal length"),
+        (json.dumps({"drawing": [["0.5"] * 10] * 10}).encode(), 400, "numbers in [0, 1]"),
+        (b'{"pixels": []}', 400, "expected rows of 784"),
+        (json.dumps({"pixels": [[0.5] * 784] * 2}).encode(), 400, "one image"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "send JSON"),
         (b"[" + b"0.5," * 1_000_000 + b"0]", 413, "at most"),
     ):
         got, answer = _post(predict, body)

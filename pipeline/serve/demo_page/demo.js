@@ -24,9 +24,10 @@ async function predict(request) {
   demo.busy = true;  // until the answer to the newest request is shown
   if (inFlight) { pending = request; return; }
   inFlight = true;
-  const started = performance.now();
+  const started = performance.now(), runId = demo.runId;
   try {
-    const answer = await api(`/api/runs/${demo.runId}/predict`, request);
+    const answer = await api(`/api/runs/${runId}/predict`, request);
+    if (runId !== demo.runId) return;  // another run was chosen meanwhile: it asks anew
     demo.last = answer;
     await show(answer);
     $("error").textContent = "";
@@ -35,7 +36,7 @@ async function predict(request) {
     $("error").textContent = e.message;
   } finally {
     inFlight = false;
-    demo.busy = pending !== null;
+    demo.busy = pending !== null || queued;
     if (pending) { const next = pending; pending = null; predict(next); }
   }
 }
@@ -115,8 +116,9 @@ async function loadSample(kind) {
   predict({ pixels: sample.pixels });
 }
 $("clear").onclick = () => { clearCanvas(); $("truth").textContent = ""; predict({ drawing: drawing() }); };
-$("test-image").onclick = () => loadSample("test");
-$("noise").onclick = () => loadSample("noise");
+const report = (e) => { $("error").textContent = e.message; };
+$("test-image").onclick = () => loadSample("test").catch(report);
+$("noise").onclick = () => loadSample("noise").catch(report);
 
 // ---- what the network does with it ----------------------------------------------------
 const SVG = "http://www.w3.org/2000/svg";
