@@ -284,7 +284,7 @@ def test_an_edited_preset_starts_a_new_parent_instead_of_resuming_the_old_one():
     assert sweep.sweep_key(config) != sweep.sweep_key(again)
 
 
-def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children():
+def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_and_pruned_children():
     from pipeline.tracking import parents
 
     rows = [
@@ -293,6 +293,8 @@ def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children(
         ("ours all tweaks seed=2 · frontier 800 relu η=0.05 m=100", 2, "FAILED", None),
         ("ours no elastic seed=0 · frontier 800 relu η=0.05 m=100", 0, "FINISHED", 0.97),
         ("ours no elastic seed=1 · frontier 800 relu η=0.05 m=100", 1, "FINISHED", 0.95),
+        # finished, but cut short by a pruner: not a seed of the mean
+        ("ours no elastic seed=3 · frontier 800 relu η=0.05 m=100 · pruned", 3, "FINISHED", 0.1),
     ]
     table = pd.DataFrame(
         [
@@ -303,6 +305,7 @@ def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_children(
                 "family": "numpy_mlp",
                 "val_accuracy": a,
                 "test_accuracy": a,
+                "stopped": "pruned" if s == 3 else None,
             }
             for n, s, st, a in rows
         ]
