@@ -107,13 +107,24 @@ def stop_with_make() -> None:
                 return
     except OSError:
         return
+    _stop_when_orphaned(parent, "stop-with-make")
 
+
+def stop_with_parent() -> None:
+    """SIGTERM this process when the process that started it is gone. The servers that
+    `make ui` and `make demo` run (in a session of their own, so that Ctrl-C reaches only
+    the parent, which stops them) must not outlive a parent killed by SIGKILL, which it
+    cannot pass on."""
+    _stop_when_orphaned(os.getppid(), "stop-with-parent")
+
+
+def _stop_when_orphaned(parent: int, name: str) -> None:
     def watch():
         while os.getppid() == parent:
             time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="stop-with-make", daemon=True).start()
+    threading.Thread(target=watch, name=name, daemon=True).start()
 
 
 # Code that an exception must not interrupt half-way: a database transaction.

@@ -32,6 +32,7 @@ from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from pipeline import interrupts
 from pipeline.data import drawing
 from pipeline.engine.inputs import InputError, check_pixels
 from pipeline.serve.demo import OURS_FINISHED, showable
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     names += [n.rsplit(":", 1)[0] for n in (args.allowed_hosts or "").split(",") if n]
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=names)
     STATE["run_id"] = args.run_id
+    interrupts.stop_with_parent()  # demo.py stops it; if demo.py is killed, so is it
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

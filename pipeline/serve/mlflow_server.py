@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.backend_store_uri:
         parser.error("give --backend-store-uri or MLFLOW_BACKEND_STORE_URI")
+    from pipeline import interrupts
+
+    interrupts.stop_with_parent()  # ui.py stops it; if ui.py is SIGKILLed, it stops itself
 
     backend = args.backend_store_uri
     if backend.startswith("sqlite:///"):  # the project's store: built whole first

@@ -8,6 +8,7 @@ to 127.0.0.1 or ::1 only, even when the server binds 0.0.0.0.
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -173,6 +174,28 @@ def test_sigterm_stops_every_process_the_server_started(tmp_path):
         assert survivors(pids, pgids) == {}
     finally:
         stop_ui(process, frozenset(pids), frozenset(pgids))
+
+
+def test_a_make_ui_killed_by_sigkill_leaves_no_server_behind(tmp_path):
+    """SIGKILL (the OOM killer, kill -9) cannot be passed on: the MLflow server that ui.py
+    started in a session of its own must notice that ui.py is gone and stop itself."""
+    port = free_port()
+    process = start_ui(["--port", str(port)], tmp_path, ui_env())
+    pids: set[int] = set()
+    try:
+        wait_http(health_url("127.0.0.1", port), process, log=tmp_path / "ui.log")
+        pids = descendants(process.pid)
+        assert pids, "expected the MLflow server under ui.py"
+        os.killpg(process.pid, signal.SIGKILL)  # ui.py's own group: not the server's session
+        process.wait(timeout=60)
+        wait_for(
+            f"the end of the servers ui.py left ({sorted(pids)})",
+            lambda: not survivors(pids, set()),
+            seconds=120,
+            every=0.5,
+        )
+    finally:
+        stop_ui(process, frozenset(pids))
 
 
 def test_the_link_is_printed_once_the_server_answers_and_not_before(tmp_path):
