@@ -21,7 +21,6 @@ from pathlib import Path
 from pipeline.families import OURS
 from pipeline.logs import redact
 from pipeline.serve import ui
-from pipeline.tracking.store import UI_PORT
 
 # The page opens networks of ours (families.OURS); the search of them, shared with the app.
 OURS_FINISHED = (
@@ -36,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID") or None)
     parser.add_argument("--model", default="mnist-classifier", help="whose @champion to open")
     args = parser.parse_args(argv)
-    uri = ui.store_uri(args.mlruns)
+    from pipeline.tracking import store  # MLflow with it: after the command line is read
+
+    uri = store.store_uri(args.mlruns)
     try:
         allowed = ui.check_network(args)
         run_id, why = pick_run(uri, args.run_id, args.model)
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         str(args.port),
         *(["--allowed-hosts", allowed] if allowed else []),
     ]
-    ui_url = redact(uri).rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{UI_PORT}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_UI_URL": ui_url}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_UI_URL": store.ui_base(uri)}
     return ui.run_server(
         command,
         env=env,

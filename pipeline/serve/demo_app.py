@@ -36,6 +36,7 @@ from pipeline import interrupts
 from pipeline.data import drawing
 from pipeline.engine.inputs import InputError, check_pixels
 from pipeline.serve.demo import OURS_FINISHED, showable
+from pipeline.tracking import store
 
 PAGE = Path(__file__).with_name("demo_page")
 MAX_BODY = 2_000_000  # bytes: a 280×280 drawing as JSON is ~0.6 MB
@@ -100,8 +101,7 @@ def describe(run) -> dict:
             )
             if key in params
         },
-        "link": f"{tracking}/#/experiments/{experiment}/runs/{run.info.run_id}"
-        "?workflowType=machine_learning",
+        "link": store.page_link(tracking, experiment, run.info.run_id),
     }
 
 

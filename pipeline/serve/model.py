@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="mnist-classifier", help="the registered model")
     parser.add_argument("--alias", default="champion", help="which of its versions")
     args = parser.parse_args(argv)
-    uri = ui.store_uri(args.mlruns)
+    from pipeline.tracking import store  # MLflow with it: after the command line is read
+
+    uri = store.store_uri(args.mlruns)
     try:
         ui.check_network(args)
         version = champion(uri, args.model, args.alias)

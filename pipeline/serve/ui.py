@@ -297,12 +297,6 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlruns", default="mlruns", help="the store folder (default: mlruns/)")
 
 
-def store_uri(mlruns: str) -> str:
-    """The store a server of ours reads: MLFLOW_TRACKING_URI as MLflow users expect, else
-    the project's SQLite store in `mlruns` (make serve, make demo)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{from_root(mlruns) / 'mlflow.db'}"
-
-
 def check_network(args) -> str | None:
     """Check the network options (UsageError if wrong); warn if exposed; return the value
     of MLflow's --allowed-hosts."""

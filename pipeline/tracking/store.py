@@ -38,10 +38,15 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{from_root(cfg.paths.mlruns_dir) / 'mlflow.db'}"
+    return store_uri(cfg.paths.mlruns_dir)
+
+
+def store_uri(mlruns_dir: str) -> str:
+    """MLFLOW_TRACKING_URI as MLflow users expect, else the SQLite store in mlruns_dir
+    (the app's paths.mlruns_dir; the servers' --mlruns)."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{from_root(mlruns_dir) / 'mlflow.db'}"
+    )
 
 
 UI_PORT = 5000  # make ui's default port
@@ -51,8 +56,16 @@ def ui_link(cfg, experiment_id: str, run_id: str | None = None) -> str:
     """Where a person opens an experiment (or one run of it) in the MLflow UI: on the
     tracking server when there is one (credentials stripped), else on `make ui`'s default
     address; in the model-training view, which MLflow's UI does not pick by itself."""
-    uri = tracking_uri(cfg)
-    base = redact(uri).rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{UI_PORT}"
+    return page_link(ui_base(tracking_uri(cfg)), experiment_id, run_id)
+
+
+def ui_base(uri: str) -> str:
+    """The UI of a store: its tracking server (credentials stripped), else `make ui`'s."""
+    return redact(uri).rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{UI_PORT}"
+
+
+def page_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """An experiment's (or one run's) page on the UI at base, in the model-training view."""
     page = f"runs/{run_id}" if run_id else ""
     return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning".replace(
         "/?", "?"

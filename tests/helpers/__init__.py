@@ -206,3 +206,15 @@ def real_mnist_or_skip(mirror: str | None = None) -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+# What a sweep parent's summary/results_by_config.json shows (test_sweep, test_e2e_ui).
+RESULTS_BY_CONFIG_COLUMNS = [
+    "config",
+    "ours val",
+    "ours test",
+    "sklearn val",
+    "sklearn test",
+    "ours − sklearn (test)",
+    "seeds",
+]

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pytest
 from helpers import free_port, real_mnist_or_skip, run_app, wait_for
-from helpers.browser import CHROMIUM, FLAGS, browser_or_skip
+from helpers.browser import browser_or_skip, chromium
 from scipy import ndimage
 
 from pipeline.paths import PROJECT_ROOT
@@ -86,17 +86,13 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(demo):
-    from playwright.sync_api import sync_playwright
-
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 950})
         page.set_default_timeout(60_000)
         page.goto(demo["url"])
         page.wait_for_function("() => window.demo && window.demo.last")
         yield page
-        browser.close()
 
 
 def network(demo, run_id):

@@ -23,8 +23,8 @@ import json
 import re
 
 import pytest
-from helpers import SMALL_ANALYSIS, free_port, run_app, wait_for
-from helpers.browser import CHROMIUM, FLAGS, browser_or_skip
+from helpers import RESULTS_BY_CONFIG_COLUMNS, SMALL_ANALYSIS, free_port, run_app, wait_for
+from helpers.browser import browser_or_skip, chromium
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
@@ -114,13 +114,9 @@ def ui(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(ui):
-    from playwright.sync_api import sync_playwright
-
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def _new_page(browser):
@@ -318,15 +314,7 @@ def test_the_results_by_config_render_as_a_table(ui, browser):
     page.get_by_text("results_by_config.json").first.click()
     headers = page.get_by_role("columnheader")
     headers.filter(has_text="ours − sklearn (test)").first.wait_for()
-    assert headers.all_inner_texts() == [
-        "config",
-        "ours val",
-        "ours test",
-        "sklearn val",
-        "sklearn test",
-        "ours − sklearn (test)",
-        "seeds",
-    ]
+    assert headers.all_inner_texts() == RESULTS_BY_CONFIG_COLUMNS
     rows = page.get_by_role("row").filter(has=page.get_by_role("cell"))
     assert rows.count() == 2  # a row per config of the smoke sweep
     page.screenshot(path=str(SHOTS / "results_table.png"))

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_app, running_training_runs, tracking_server_down, wait_for
+from helpers import (
+    RESULTS_BY_CONFIG_COLUMNS,
+    run_app,
+    running_training_runs,
+    tracking_server_down,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
@@ -98,15 +104,7 @@ def test_smoke_sweep_on_a_fresh_store_links_children_and_summarizes(tmp_path, at
         parent_id, "summary/results_by_config.json", str(tmp_path)
     )
     table = json.loads(Path(by_config).read_text())
-    assert table["columns"] == [
-        "config",
-        "ours val",
-        "ours test",
-        "sklearn val",
-        "sklearn test",
-        "ours − sklearn (test)",
-        "seeds",
-    ]
+    assert table["columns"] == RESULTS_BY_CONFIG_COLUMNS
     assert len(table["data"]) == 2  # one row per config: ours and scikit-learn side by side
 
 
