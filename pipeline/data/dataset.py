@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.data import download
 from pipeline.data.idx import read_idx
@@ -220,6 +219,7 @@ def _load_raw(data_cfg):
     """(x_train, y_train, x_test, y_test) with x scaled to float32 [0, 1] rows."""
     if data_cfg.name == "digits":
         from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
 
         digits = load_digits()
         x = (digits.data / 16.0).astype(np.float32)
@@ -265,5 +265,8 @@ def _split(x, y, data_cfg):
             f"data.validation_size={n_val} does not fit a training set of {len(y)} images: "
             f"choose a value from {n_classes} to {len(y) - n_classes}"
         )
+    # Imported here: a run that finds its arrays cached (MNIST) needs NumPy alone.
+    from sklearn.model_selection import train_test_split
+
     return train_test_split(x, y, test_size=n_val, stratify=y,
                             random_state=int(data_cfg.split_seed))
