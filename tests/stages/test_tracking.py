@@ -174,6 +174,44 @@ def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
     assert mlflow.active_run() is None
 
 
+def test_a_dataset_lost_to_a_parallel_job_is_logged_on_retry_and_other_errors_fail(
+    digits_cfg, store, monkeypatch
+):
+    """Parallel jobs insert the same dataset at once; MLflow's get-or-create is not atomic,
+    so the loser's insert hits the unique constraint, and a retry finds the row. Here every
+    first insert loses (the race made certain); any other error still fails the run."""
+    real = MlflowClient.log_inputs
+    lost = []
+
+    def losing_the_race(self, run_id, datasets=None, models=None):
+        name = datasets[0].dataset.name
+        if name not in lost:
+            lost.append(name)
+            raise mlflow.exceptions.MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
+        return real(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", losing_the_race)
+    once = ("stages=[preprocess,train]", "baseline=none", "train.epochs=1")
+    run_stages(digits_cfg(*once, "tracking.log_model=false"))
+    _, runs = _runs(store)
+    assert runs["numpy_mlp"].info.status == "FINISHED"
+    logged = {d.dataset.name for d in runs["numpy_mlp"].inputs.dataset_inputs}
+    assert logged == set(lost) == {"digits-train", "digits-val", "digits-test"}
+
+    def broken(self, run_id, datasets=None, models=None):
+        raise mlflow.exceptions.MlflowException("disk I/O error")
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", broken)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="disk I/O error"):
+        run_stages(digits_cfg(*once, "tracking.log_model=false", "seed=1"))
+    client = MlflowClient(store)
+    statuses = [r.info.status for r in client.search_runs(["1"], order_by=["start_time"])]
+    assert statuses == ["FINISHED", "FAILED"]
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
