@@ -79,6 +79,16 @@ def tiny_mnist(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def digits_prepared(make_cfg, tmp_path) -> Path:
+    """The 8×8 digits preprocessed under tmp_path/data (what `stages=[preprocess]` makes),
+    in this process: the subprocesses a test starts then only train."""
+    from pipeline.app import run_stages
+
+    run_stages(make_cfg("data=digits", "stages=[preprocess]"))
+    return tmp_path / "data"
+
+
+@pytest.fixture
 def real_mnist_mirror() -> Path:
     """The folder of the four real MNIST files ($PIPELINE_DATA_MIRROR or ../shared/...).
 

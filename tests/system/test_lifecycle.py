@@ -45,11 +45,10 @@ def _training_runs(store: str, experiment: str = "digits"):
 
 
 def test_a_killed_run_is_closed_by_the_next_run_but_a_live_one_never(
-    make_cfg, tmp_path, monkeypatch
+    make_cfg, tmp_path, monkeypatch, digits_prepared
 ):
     db = tmp_path / "store.db"
     store = f"sqlite:///{db}"
-    assert _pipeline(tmp_path, store, "stages=[preprocess]").returncode == 0
     live = _pipeline(
         tmp_path, store, "stages=[train]", "baseline=none", "train.epochs=100000", popen=True
     )
@@ -82,11 +81,7 @@ def test_a_reused_pid_does_not_keep_a_dead_run_alive():
         assert not paths.process_alive(os.getpid(), "1")
 
 
-def test_two_first_runs_at_once_on_a_fresh_store_both_finish(tmp_path):
-    assert (
-        _pipeline(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]").returncode
-        == 0
-    )
+def test_two_first_runs_at_once_on_a_fresh_store_both_finish(tmp_path, digits_prepared):
     for attempt in range(3):
         store = f"sqlite:///{tmp_path / f'fresh{attempt}.db'}"
         processes = [

@@ -235,11 +235,14 @@ def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_
 # ---- the store survives -------------------------------------------------------------------
 
 
-def test_ctrl_c_while_the_first_run_makes_the_store_leaves_a_store_that_works(tmp_path):
-    _app(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]")
+def test_ctrl_c_while_the_first_run_makes_the_store_leaves_a_store_that_works(
+    tmp_path, digits_prepared
+):
     mlruns = tmp_path / "mlruns"
     # Making the store takes a second or two: its first tables, then ~60 migrations. Before,
-    # a Ctrl-C 0.5 s or later into it left a store every later run failed on.
+    # a Ctrl-C 0.5 s or later into it left a store every later run failed on. The run
+    # interrupted has a cache of its own, empty: with the cached empty store it would copy
+    # (tracking/store.py), the store is made in milliseconds and the Ctrl-C would land later.
     for delay in (0.5, 1.0, 1.5):
         app = _app(
             tmp_path,
@@ -249,6 +252,7 @@ def test_ctrl_c_while_the_first_run_makes_the_store_leaves_a_store_that_works(tm
             "train.epochs=1",
             f"paths.mlruns_dir={mlruns}",
             popen=True,
+            env={"XDG_CACHE_HOME": str(tmp_path / f"empty-cache-{delay}")},
         )
         # its first tables are written (in the store itself, or in the temp file it is made in)
         wait_for("the store's first tables", lambda: _being_written(mlruns), app)
@@ -559,7 +563,9 @@ def test_registering_with_the_tracking_server_down_is_one_line_within_seconds(tm
 
 
 @pytest.mark.slow
-def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_one_line(tmp_path):
+def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_one_line(
+    tmp_path, digits_prepared
+):
     """A server behind basic auth is reached as http://user:password@host: the password
     must reach no screen and no log file. Losing that server mid-run ends the command in
     seconds with one line; the run it left RUNNING is closed by the next run."""
@@ -568,7 +574,6 @@ def test_a_password_in_the_tracking_uri_is_never_shown_and_losing_the_server_is_
     server_dir.mkdir()
     port = free_port()
     store = f"http://alice:{secret}@127.0.0.1:{port}"
-    _app(tmp_path, f"sqlite:///{tmp_path / 'prep.db'}", "stages=[preprocess]")
     with serving_ui([], server_dir, ui_env(), port=port) as (server, _):
         done = _app(tmp_path, store, "stages=[train,evaluate]", "train.epochs=2")
         assert done.returncode == 0, done.stderr[-3000:]
