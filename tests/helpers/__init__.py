@@ -7,6 +7,7 @@ works from every folder below it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -65,28 +66,29 @@ def run_app(
     popen: bool = False,
     timeout: float = WAIT,
     module: str = "pipeline",
-    output=None,
+    log: Path | None = None,
 ):
     """`python -m <module> <args>` from the project's root, as a user runs it.
 
     env: changes to this process's environment; a value of None removes that variable.
     popen: start it and return the Popen, in a session of its own (so that a signal can go
-    to its whole process group), its stdout and stderr together in a pipe, or in the open
-    file `output` (a pipe nobody reads while a server runs would fill and block it).
+    to its whole process group), its stdout and stderr together in a pipe, or in the file
+    `log` (a pipe nobody reads while a server runs would fill and block it).
     Otherwise: run it to its end (at most timeout seconds), its output captured.
     """
     command = [sys.executable, "-m", module, *map(str, args)]
     environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     if popen:
-        return subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=environment,
-            stdout=subprocess.PIPE if output is None else output,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        with open(log, "w") if log is not None else contextlib.nullcontext() as output:
+            return subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=environment,
+                stdout=subprocess.PIPE if output is None else output,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
     return subprocess.run(
         command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
     )

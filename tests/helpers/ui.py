@@ -70,16 +70,15 @@ def start_ui(args: list[str], folder: Path, env: dict[str, str | None]) -> subpr
     """ui.py on the store folder/mlruns, in a session of its own, its output (and the
     server's) in folder/ui.log."""
     # A file, not a pipe: nobody reads while the server runs, and a full pipe would block it.
-    with open(folder / "ui.log", "w") as log:
-        return run_app(
-            "--mlruns",
-            folder / "mlruns",
-            *args,
-            module="pipeline.serve.ui",
-            env=env,
-            popen=True,
-            output=log,
-        )
+    return run_app(
+        "--mlruns",
+        folder / "mlruns",
+        *args,
+        module="pipeline.serve.ui",
+        env=env,
+        popen=True,
+        log=folder / "ui.log",
+    )
 
 
 def stop_ui(

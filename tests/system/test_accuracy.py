@@ -53,18 +53,17 @@ def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[li
     for seed in seeds:
         store = f"sqlite:///{tmp_path / f'seed{seed}.db'}"
         log = tmp_path / f"seed{seed}.log"  # a file: the processes run on while one is read
-        with open(log, "w") as out:
-            process = run_app(
-                f"paths.data_dir={tmp_path / 'data'}",
-                "stages=[train]",
-                "baseline=none",
-                "tracking.log_model=false",
-                f"seed={seed}",
-                *overrides,
-                env={**env, "MLFLOW_TRACKING_URI": store},
-                popen=True,
-                output=out,
-            )
+        process = run_app(
+            f"paths.data_dir={tmp_path / 'data'}",
+            "stages=[train]",
+            "baseline=none",
+            "tracking.log_model=false",
+            f"seed={seed}",
+            *overrides,
+            env={**env, "MLFLOW_TRACKING_URI": store},
+            popen=True,
+            log=log,
+        )
         processes.append((store, process, log))
     accuracies, kernels = [], set()
     for store, process, log in processes:

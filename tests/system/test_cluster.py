@@ -52,18 +52,17 @@ def _start_server(folder: Path) -> tuple[subprocess.Popen, int, int, Path]:
     store in folder/mlruns, its output in folder/server.log: (process, port, pg_port, log)."""
     port, pg_port = free_port(), free_port()
     log = folder / "server.log"
-    with open(log, "w") as out:
-        process = run_app(
-            "--port",
-            port,
-            "--pg-port",
-            pg_port,
-            "--mlruns",
-            folder / "mlruns",
-            module="pipeline.serve.server",
-            popen=True,
-            output=out,
-        )
+    process = run_app(
+        "--port",
+        port,
+        "--pg-port",
+        pg_port,
+        "--mlruns",
+        folder / "mlruns",
+        module="pipeline.serve.server",
+        popen=True,
+        log=log,
+    )
     return process, port, pg_port, log
 
 
@@ -162,8 +161,7 @@ def test_a_two_worker_search_on_postgres_outlives_a_killed_worker(server, tmp_pa
     ]
     env = {**_env(server), "OPTUNA_STORAGE": server.optuna}
     log = tmp_path / "search.log"
-    with open(log, "w") as out:
-        launcher = run_app(*command, "search.workers=2", env=env, popen=True, output=out)
+    launcher = run_app(*command, "search.workers=2", env=env, popen=True, log=log)
     # One storage (one connection pool) for all the polling below: a URL would open a new
     # engine per call, and their idle connections exhaust the server's max_connections.
     storage = optuna.storages.RDBStorage(server.optuna)

@@ -65,17 +65,16 @@ def demo(tmp_path_factory):
     }
     port = free_port()
     log = tmp / "demo.log"
-    with open(log, "w") as out:
-        server = run_app(
-            "--port",
-            port,
-            "--mlruns",
-            tmp / "mlruns",
-            module="pipeline.serve.demo",
-            env={"MLFLOW_TRACKING_URI": None, "RUN_ID": runs["sigmoid"]},
-            popen=True,
-            output=out,
-        )
+    server = run_app(
+        "--port",
+        port,
+        "--mlruns",
+        tmp / "mlruns",
+        module="pipeline.serve.demo",
+        env={"MLFLOW_TRACKING_URI": None, "RUN_ID": runs["sigmoid"]},
+        popen=True,
+        log=log,
+    )
     try:
         wait_for("make demo's link", lambda: "demo: http" in log.read_text(), server, log=log)
         yield {"url": f"http://127.0.0.1:{port}", "runs": runs, "uri": uri}

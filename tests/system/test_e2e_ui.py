@@ -76,17 +76,16 @@ def ui(tmp_path_factory):
     runs = client.search_runs([experiment.experiment_id])
     port = free_port()
     log = tmp / "ui.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
-    with open(log, "w") as out:
-        server = run_app(
-            "--port",
-            port,
-            "--mlruns",
-            mlruns,
-            module="pipeline.serve.ui",
-            env=OUTSIDE_SETTINGS_REMOVED,
-            popen=True,
-            output=out,
-        )
+    server = run_app(
+        "--port",
+        port,
+        "--mlruns",
+        mlruns,
+        module="pipeline.serve.ui",
+        env=OUTSIDE_SETTINGS_REMOVED,
+        popen=True,
+        log=log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         # `make ui` prints its links once it answers: a link per experiment that opens it in

@@ -36,8 +36,7 @@ def _sweep(tmp_path, db, *overrides, log=None):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PIPELINE_DATA_MIRROR": None}
     if log is None:
         return run_app(*args, env=env, timeout=600)
-    with open(log, "w") as out:
-        return run_app(*args, env=env, popen=True, output=out)
+    return run_app(*args, env=env, popen=True, log=log)
 
 
 def _runs(db) -> pd.DataFrame:
