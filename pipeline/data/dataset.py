@@ -219,15 +219,13 @@ def _load_raw(data_cfg):
     """(x_train, y_train, x_test, y_test) with x scaled to float32 [0, 1] rows."""
     if data_cfg.name == "digits":
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         digits = load_digits()
         x = (digits.data / 16.0).astype(np.float32)
         y = digits.target.astype(np.int64)
         # The 8×8 digits have no official test set: carve one, seeded and stratified.
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=int(data_cfg.test_size), stratify=y,
-            random_state=int(data_cfg.split_seed))
+        x_train, x_test, y_train, y_test = _stratified_split(
+            x, y, int(data_cfg.test_size), int(data_cfg.split_seed))
         return x_train, y_train, x_test, y_test
 
     raw_dir = from_root(data_cfg.raw_dir)
@@ -265,8 +263,13 @@ def _split(x, y, data_cfg):
             f"data.validation_size={n_val} does not fit a training set of {len(y)} images: "
             f"choose a value from {n_classes} to {len(y) - n_classes}"
         )
+    return _stratified_split(x, y, n_val, int(data_cfg.split_seed))
+
+
+def _stratified_split(x, y, n_held_out: int, seed: int):
+    """(x_kept, x_held_out, y_kept, y_held_out): n_held_out rows drawn per label in
+    proportion, seeded."""
     # Imported here: a run that finds its arrays cached (MNIST) needs NumPy alone.
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=n_val, stratify=y,
-                            random_state=int(data_cfg.split_seed))
+    return train_test_split(x, y, test_size=n_held_out, stratify=y, random_state=seed)

@@ -14,8 +14,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 def digit_grid(images: np.ndarray, titles: list[str], columns: int = 9):
     """A grid of square grayscale digits (rows of pixels in [0, 1]) with a title each.
 
-    Drawn as one mosaic image on one axes: a subplot per digit made evaluate spend most
-    of its time in matplotlib's layout (0.5 s a grid)."""
+    Drawn as one mosaic image on one axes: with a subplot per digit, matplotlib's layout
+    of 36 axes took most of the evaluate stage's time."""
     side = int(round(np.sqrt(images.shape[1])))
     rows = max(1, -(-len(images) // columns))
     cell_w, cell_h = 1.2, 1.35  # inches a digit and its title take

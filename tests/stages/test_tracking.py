@@ -208,7 +208,8 @@ def test_a_dataset_lost_to_a_parallel_job_is_logged_on_retry_and_other_errors_fa
     with pytest.raises(mlflow.exceptions.MlflowException, match="disk I/O error"):
         run_stages(digits_cfg(*once, "tracking.log_model=false", "seed=1"))
     client = MlflowClient(store)
-    statuses = [r.info.status for r in client.search_runs(["1"], order_by=["start_time"])]
+    experiment = client.get_experiment_by_name("digits").experiment_id
+    statuses = [r.info.status for r in client.search_runs([experiment], order_by=["start_time"])]
     assert statuses == ["FINISHED", "FAILED"]
 
 
