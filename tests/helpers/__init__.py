@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from helpers import warm
 from pipeline.paths import PROJECT_ROOT
 
 WAIT = 300  # seconds: generous, for a loaded CI machine; every wait ends as soon as it can
@@ -67,6 +68,7 @@ def run_app(
     timeout: float = WAIT,
     module: str = "pipeline",
     log: Path | None = None,
+    cold: bool = False,
 ):
     """`python -m <module> <args>` from the project's root, as a user runs it.
 
@@ -75,9 +77,16 @@ def run_app(
     to its whole process group), its stdout and stderr together in a pipe, or in the file
     `log` (a pipe nobody reads while a server runs would fill and block it).
     Otherwise: run it to its end (at most timeout seconds), its output captured.
+
+    The app itself (module pipeline) is forked warm from a server that imported it once
+    (helpers/warm.py: the same process but for its imports, ~7 CPU-s fewer); cold=True, or
+    a changed setting that is read at import, starts a fresh interpreter.
     """
     command = [sys.executable, "-m", module, *map(str, args)]
     environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    if not cold and warm.can_run_warm(module, environment):
+        argv = list(map(str, args))
+        return warm.popen(argv, environment, log) if popen else warm.run(argv, environment, timeout)
     if popen:
         with open(log, "w") if log is not None else contextlib.nullcontext() as output:
             return subprocess.Popen(
