@@ -61,7 +61,11 @@ def ui(tmp_path_factory):
     experiment = client.get_experiment_by_name(EXPERIMENT)
     plain = {r.data.tags["model_family"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(plain) == {"numpy_mlp", "sklearn_mlp"}
-    _pipeline(["sweep=smoke", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp)
+    # its jobs one at a time in its own process: the store is the same, the workers' imports
+    # saved (parallel sweeps: test_sweep, test_misbehaviour)
+    _pipeline(
+        ["sweep=smoke", "hydra.launcher.n_jobs=1", f"hydra.sweep.dir={tmp / 'multirun'}"], tmp
+    )
     _pipeline(["search=smoke", f"hydra.run.dir={tmp / 'search'}"], tmp)
     _pipeline(
         [

@@ -24,13 +24,21 @@ from pipeline.paths import PROJECT_ROOT
 EXPERIMENT = "sweep-smoke"
 
 
-def _sweep(tmp_path, db, *overrides, log=None):
+# Jobs one at a time in the sweep's own process (joblib runs n_jobs=1 in-process), for
+# the tests where parallel workers are not the point: each worker is a fresh interpreter
+# that imports the app (~9 CPU-s), which on a 2-core machine is most of a smoke sweep.
+IN_PROCESS = "hydra.launcher.n_jobs=1"
+
+
+def _sweep(tmp_path, db, *overrides, log=None, parallel=False):
     """`python -m pipeline sweep=smoke` into the SQLite store db, in a sweep folder of its
-    own; started with its output in the file log (in its own process group), if given."""
+    own; started with its output in the file log (in its own process group), if given.
+    parallel: a worker process per core, as a user's sweep runs; else one job at a time."""
     args = (
         "sweep=smoke",
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.sweep.dir={tmp_path / 'multirun' / str(time.monotonic_ns())}",
+        *([] if parallel else [IN_PROCESS]),
         *overrides,
     )
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PIPELINE_DATA_MIRROR": None}
@@ -68,7 +76,7 @@ def test_smoke_sweep_on_a_fresh_store_links_children_summarizes_and_a_rerun_skip
     nothing again. (The race of parallel jobs logging one dataset is made certain in
     test_tracking: test_a_dataset_lost_to_a_parallel_job_is_logged_on_retry...)"""
     db = tmp_path / "fresh.db"
-    result = _sweep(tmp_path, db)
+    result = _sweep(tmp_path, db, parallel=True)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _runs(db)
     parent = runs[runs.kind == "sweep"]
@@ -124,7 +132,7 @@ def test_a_sweep_killed_midway_and_rerun_has_one_finished_run_per_config(tmp_pat
     db = tmp_path / "store.db"
     overrides = ["train.epochs=40", "model.hidden_sizes=[8],[12],[16],[20]"]
     log = tmp_path / "killed-sweep.log"
-    process = _sweep(tmp_path, db, *overrides, log=log)
+    process = _sweep(tmp_path, db, *overrides, log=log, parallel=True)
     try:  # kill as soon as some run is training
         wait_for("training run", lambda: running_training_runs(db), process, every=0.05, log=log)
     finally:
@@ -179,7 +187,7 @@ def test_a_sweep_whose_every_job_fails_exits_nonzero(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     db = tmp_path / "store.db"
-    result = _sweep(tmp_path, db, "hydra/launcher=submitit_local", "baseline=none")
+    result = _sweep(tmp_path, db, "hydra/launcher=submitit_local", "baseline=none", parallel=True)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _runs(db)
     training = runs[runs.kind == "training"]
@@ -335,6 +343,7 @@ def test_the_ablation_sweep_switches_one_tweak_off_per_row_and_averages_the_seed
         "model.hidden_sizes=[16]",
         "train.epochs=2",
         "seed=0,1",
+        IN_PROCESS,
         f"tracking.experiment={EXPERIMENT}",
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
