@@ -44,36 +44,27 @@ def _default_kernel() -> str | None:
 
 
 def _train_seeds(mirror, make_cfg, tmp_path, env, seeds, *overrides) -> tuple[list[float], set]:
-    """Test accuracy of one training run per seed (in parallel, one process each, a store
-    each: no shared writer), and the BLAS kernels the runs recorded. env: the changes to
-    the environment of those processes."""
+    """Test accuracy of one training run per seed (one after another, in one process of
+    their own: helpers/seeds.py), and the BLAS kernels the runs recorded. env: the changes
+    to the environment of that process."""
     cfg = make_cfg(f"data.mirrors=[{mirror}]", "stages=[download,preprocess]")
-    run_stages(cfg)  # once; the seeds' processes only train
-    processes = []
-    for seed in seeds:
-        store = f"sqlite:///{tmp_path / f'seed{seed}.db'}"
-        log = tmp_path / f"seed{seed}.log"  # a file: the processes run on while one is read
-        process = run_app(
-            f"paths.data_dir={tmp_path / 'data'}",
-            "stages=[train]",
-            "baseline=none",
-            "tracking.log_model=false",
-            f"seed={seed}",
-            *overrides,
-            env={**env, "MLFLOW_TRACKING_URI": store},
-            popen=True,
-            log=log,
-        )
-        processes.append((store, process, log))
-    accuracies, kernels = [], set()
-    for store, process, log in processes:
-        process.wait(timeout=900)
-        assert process.returncode == 0, log.read_text()[-3000:]
-        client = MlflowClient(store)
-        (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
-        accuracies.append(run.data.metrics["test_accuracy"])
-        kernels.add(run.data.tags["env.blas_kernel"])
-    return accuracies, kernels
+    run_stages(cfg)  # once; the seeds' process only trains
+    store = f"sqlite:///{tmp_path / 'seeds.db'}"
+    done = run_app(
+        tmp_path / "data",
+        ",".join(map(str, seeds)),
+        *overrides,
+        module="helpers.seeds",
+        env={**env, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=1800,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    by_seed = {int(run.data.params["seed"]): run for run in runs}
+    assert sorted(by_seed) == sorted(seeds)
+    accuracies = [by_seed[seed].data.metrics["test_accuracy"] for seed in seeds]
+    return accuracies, {run.data.tags["env.blas_kernel"] for run in runs}
 
 
 @pytest.mark.slow
