@@ -17,6 +17,8 @@ settings, the cache folders) needs a fresh interpreter.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import io
 import multiprocessing
 import multiprocessing.process
@@ -27,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
+import warnings
 from multiprocessing import forkserver
 from pathlib import Path
 
@@ -47,37 +51,74 @@ _context.set_forkserver_preload([PRELOAD])
 _lock = threading.Lock()
 _started_in: dict[str, str] | None = None  # the caller's environment when the server started
 _server_env: dict[str, str] = {}  # the server's own (tests/ added to PYTHONPATH)
+_broken = False  # the server did not import the app: every process starts cold
+_live: list[multiprocessing.Process] = []  # killed if still running when this worker ends
 
 
 def can_run_warm(module: str, environment: dict[str, str]) -> bool:
     """Whether `python -m module` in this environment may be forked from the server: the
     app, and no setting read at import differs from what the server imported with."""
-    if module != "pipeline":
+    if module != "pipeline" or _broken:
         return False
     imported_with = _started_in if _started_in is not None else os.environ
     keys = {k for k in (*environment, *imported_with) if k.startswith(IMPORT_TIME_PREFIXES)}
     return all(environment.get(k) == imported_with.get(k) for k in keys)
 
 
+def _fork(target, args: tuple = ()) -> multiprocessing.Process:
+    process = _context.Process(target=target, args=args)
+    process.start()
+    # Not multiprocessing's child: its exit would wait for a process still running.
+    multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+    return process
+
+
+def _start_server() -> None:
+    """Start the fork server; check that it imported the app (an ImportError in its
+    preload is silent, and every child would then import everything itself)."""
+    global _started_in, _server_env, _broken
+    _started_in = dict(os.environ)
+    tests_dir = str(Path(__file__).resolve().parents[1])  # for helpers.warm_preload
+    python_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests_dir, python_path]))
+    _server_env = dict(os.environ)
+    try:
+        forkserver.ensure_running()  # type: ignore[attr-defined]
+    finally:
+        if python_path is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = python_path
+    probe = _fork(_has_the_app)
+    probe.join()
+    if probe.exitcode != 0:
+        _broken = True
+        warnings.warn(
+            f"the warm fork server did not import {PRELOAD} (exit {probe.exitcode}): "
+            "every app process in the tests starts cold, ~7 CPU-s slower",
+            stacklevel=3,
+        )
+
+
 def _start(target_args: tuple) -> multiprocessing.Process:
-    global _started_in, _server_env
     with _lock:
         if _started_in is None:
-            # The server imports helpers.warm_preload: tests/ on its path (an ImportError
-            # there is silent, and every child would import everything itself).
-            _started_in = dict(os.environ)
-            tests_dir = str(Path(__file__).resolve().parents[1])
-            paths = [tests_dir, *filter(None, [os.environ.get("PYTHONPATH")])]
-            os.environ["PYTHONPATH"] = os.pathsep.join(paths)
-            _server_env = dict(os.environ)
-            try:
-                forkserver.ensure_running()
-            finally:
-                os.environ.clear()
-                os.environ.update(_started_in)
-        process = _context.Process(target=_child, args=(*target_args, _server_env), daemon=True)
-        process.start()
+            _start_server()
+        process = _fork(_child, (*target_args, _server_env))
+        _live.append(process)
         return process
+
+
+@atexit.register
+def _kill_the_left_running() -> None:
+    """A test that failed may leave an app running: this worker's end ends it (and what it
+    started, in its session), as the test's own cleanup would have."""
+    for process in _live:
+        if process.exitcode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
 
 
 class WarmProcess:
@@ -116,7 +157,8 @@ class WarmProcess:
 
     def send_signal(self, sig: int) -> None:
         if self._process.exitcode is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # ended, not yet reported
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -129,9 +171,19 @@ def popen(args: list[str], env: dict[str, str], log: Path | None) -> WarmProcess
     """Start `python -m pipeline *args` warm, in a session of its own; its output in the
     file log (a temporary file if None)."""
     if log is None:
-        log = Path(tempfile.mkstemp(prefix="warm-app-", suffix=".log")[1])
+        handle, name = tempfile.mkstemp(prefix="warm-app-", suffix=".log")
+        os.close(handle)
+        log = Path(name)
     log.write_text("")  # as open(log, "w") for a cold start
     process = _start((args, env, str(log), str(log), True))
+    # Popen(start_new_session=True) returns once the child is in its session: a signal to
+    # the process group must reach it.
+    deadline = time.monotonic() + 60
+    while process.exitcode is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(process.pid) == process.pid:  # type: ignore[arg-type]
+                break
+        time.sleep(0.002)
     return WarmProcess(args, process, log)
 
 
@@ -145,13 +197,19 @@ def run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Comp
         if process.exitcode is None:
             os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
             process.join()
-            raise subprocess.TimeoutExpired(args, timeout, out.read_text(), err.read_text())
+            raise subprocess.TimeoutExpired(
+                args, timeout, out.read_text(errors="replace"), err.read_text(errors="replace")
+            )
         return subprocess.CompletedProcess(
             args, process.exitcode, out.read_text(errors="replace"), err.read_text(errors="replace")
         )
 
 
 # ---- in the forked child ---------------------------------------------------------------------
+
+
+def _has_the_app() -> None:
+    os._exit(0 if "pipeline.app" in sys.modules else 3)
 
 
 def _open_std(fd: int, path: str, unbuffered: bool, stderr: bool) -> io.TextIOWrapper:
@@ -182,6 +240,7 @@ def _child(args, env, stdout_path, stderr_path, new_session, server_env) -> None
     this._config["daemon"] = False  # type: ignore[attr-defined]
     this._name, this._identity, this._parent_pid = "MainProcess", (), None  # type: ignore[attr-defined]
     multiprocessing.process._parent_process = None  # type: ignore[attr-defined]
+    multiprocessing.set_start_method(None, force=True)  # Linux's default (fork), not ours
     set_at_import = {k: v for k, v in os.environ.items() if server_env.get(k) != v}
     os.environ.clear()
     os.environ.update({**set_at_import, **env})
@@ -212,6 +271,7 @@ def _child(args, env, stdout_path, stderr_path, new_session, server_env) -> None
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    ctypes.CDLL(None).fflush(None)  # C's stdio too (os._exit does not flush it)
     if interrupted:  # an uncaught Ctrl-C ends Python by SIGINT, as the shell expects
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
