@@ -234,10 +234,8 @@ def _child(args, env, stdout_path, stderr_path, new_session, server_env) -> None
     app's modules set at import, as a cold start sets them), output, session and exit."""
     if new_session:
         os.setsid()
-    # A cold process is its own main process, not a daemonic multiprocessing child (which
-    # could not start a sweep's workers).
+    # A cold process is its own main process, not a multiprocessing child.
     this = multiprocessing.current_process()
-    this._config["daemon"] = False  # type: ignore[attr-defined]
     this._name, this._identity, this._parent_pid = "MainProcess", (), None  # type: ignore[attr-defined]
     multiprocessing.process._parent_process = None  # type: ignore[attr-defined]
     multiprocessing.set_start_method(None, force=True)  # Linux's default (fork), not ours
