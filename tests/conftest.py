@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import real_mnist_or_skip
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, real_mnist_or_skip
 
 from pipeline import config as _config  # noqa: F401 — registers the schema with Hydra
 from pipeline.data import download
 from pipeline.data.idx import write_idx
-from pipeline.paths import PROJECT_ROOT
 
 # The shared helpers assert too: their failures are to read as well as a test's own.
 pytest.register_assert_rewrite("helpers")
@@ -43,8 +41,7 @@ def make_cfg(tmp_path):
     """Compose conf/config.yaml with overrides, data kept under this test's tmp_path."""
 
     def make(*overrides: str):
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            return compose("config", overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides])
+        return compose_config(tmp_path / "data", *overrides)
 
     return make
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from helpers import warm
 from pipeline.paths import PROJECT_ROOT
@@ -42,6 +44,12 @@ SMALL_ANALYSIS = [
 TRAIN_ONCE = ["stages=[train]", "baseline=none", "train.epochs=1", "tracking.log_model=false"]
 
 T = TypeVar("T")
+
+
+def compose_config(data_dir: Path | str, *overrides: str) -> DictConfig:
+    """conf/config.yaml composed with overrides, as the app composes it; data in data_dir."""
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"paths.data_dir={data_dir}", *overrides])
 
 
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:

@@ -13,27 +13,15 @@ from __future__ import annotations
 
 import sys
 
-from hydra import compose, initialize_config_dir
-
+from helpers import compose_config
 from pipeline.app import run_stages
-from pipeline.paths import PROJECT_ROOT
 
 ONE_TRAINING_RUN = ["stages=[train]", "baseline=none", "tracking.log_model=false"]
 
 
 def main(data_dir: str, seeds: str, *overrides: str) -> None:
     for seed in seeds.split(","):
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = compose(
-                "config",
-                overrides=[
-                    f"paths.data_dir={data_dir}",
-                    *ONE_TRAINING_RUN,
-                    f"seed={seed}",
-                    *overrides,
-                ],
-            )
-        run_stages(cfg)
+        run_stages(compose_config(data_dir, *ONE_TRAINING_RUN, f"seed={seed}", *overrides))
 
 
 if __name__ == "__main__":
