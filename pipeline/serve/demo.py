@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         str(args.port),
         *(["--allowed-hosts", allowed] if allowed else []),
     ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_UI_URL": store.ui_base(uri)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     return ui.run_server(
         command,
         env=env,

@@ -36,7 +36,7 @@ from pipeline import interrupts
 from pipeline.data import drawing
 from pipeline.engine.inputs import InputError, check_pixels
 from pipeline.serve.demo import OURS_FINISHED, showable
-from pipeline.tracking import store
+from pipeline.tracking import links
 
 PAGE = Path(__file__).with_name("demo_page")
 MAX_BODY = 2_000_000  # bytes: a 280×280 drawing as JSON is ~0.6 MB
@@ -81,8 +81,8 @@ def _run(run_id: str):
 def describe(run) -> dict:
     """What the page shows of a run."""
     params, metrics = run.data.params, run.data.metrics
-    tracking = os.environ.get("PIPELINE_UI_URL", "http://127.0.0.1:5000")
-    experiment = run.info.experiment_id
+    # the UI serving the store now (it may start after the demo did); None: no UI runs
+    ui = links.ui_base(os.environ.get("MLFLOW_TRACKING_URI", ""))
     return {
         "id": run.info.run_id,
         "name": run.info.run_name,
@@ -101,7 +101,7 @@ def describe(run) -> dict:
             )
             if key in params
         },
-        "link": store.page_link(tracking, experiment, run.info.run_id),
+        "link": ui + links.run_page(run.info.experiment_id, run.info.run_id) if ui else None,
     }
 
 

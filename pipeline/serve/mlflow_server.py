@@ -1,5 +1,6 @@
 """The MLflow tracking server as `make ui` and `make server` run it: MLflow's own app
-(mlflow.server.fastapi_app) under uvicorn, in this one process.
+(mlflow.server.fastapi_app, its page opening on model training: ui_app.py) under uvicorn,
+in this one process.
 
     python -m pipeline.serve.mlflow_server --host H --port P [--backend-store-uri URI]
         [--default-artifact-root URI] [--artifacts-destination URI] [--allowed-hosts LIST]
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(settings)
     initialize_backend_stores(backend, backend, args.default_artifact_root)
     uvicorn.run(
-        "mlflow.server.fastapi_app:app",
+        "pipeline.serve.ui_app:app",  # MLflow's app, its page opening on model training
         host=args.host,
         port=args.port,
         workers=int(os.environ.get("MLFLOW_WORKERS", "1")),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pipeline import interrupts
 from pipeline.paths import from_root
+from pipeline.tracking import links
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACE_SECONDS = 10  # for the server to stop on SIGTERM before it gets SIGKILL
@@ -325,12 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     mlruns = from_root(args.mlruns)
     base = local_url(args.host, args.port)
     print(f"starting the MLflow UI on {base} (its link follows once it answers)", flush=True)
-    links = "".join(
+    listed = "".join(
         f"\n  {name}: {url}" for name, url in experiment_links(mlruns / "mlflow.db", base)
     )
     ready = (
         f"MLflow UI: {base}   (tracking URI for jobs elsewhere: "
-        f"MLFLOW_TRACKING_URI={jobs_url(args.host, args.port, args.allowed_hosts)}){links}"
+        f"MLFLOW_TRACKING_URI={jobs_url(args.host, args.port, args.allowed_hosts)}){listed}"
     )
     artifacts = mlruns / "artifacts"
     command = server_command(
@@ -342,12 +343,22 @@ def main(argv: list[str] | None = None) -> int:
         default_artifact_root=artifacts.as_uri(),
     )
     # The server builds the store whole before it opens it (a store it cannot use: one line,
-    # exit 2); then runs left RUNNING by ended processes are closed (reap_later).
-    return run_server(
-        command,
-        ready=(health_url(args.host, args.port), ready),
-        after_ready=lambda: reap_later(mlruns / "mlflow.db"),
-    )
+    # exit 2); once it answers, the links of commands follow it (links.record_server), its
+    # experiments get their view and runs left RUNNING by ended processes are closed.
+    notes: list[Path] = []
+
+    def when_ready() -> None:
+        if note := links.record_server(mlruns, base):
+            notes.append(note)
+        reap_later(mlruns / "mlflow.db")
+
+    try:
+        return run_server(
+            command, ready=(health_url(args.host, args.port), ready), after_ready=when_ready
+        )
+    finally:
+        for note in notes:
+            note.unlink(missing_ok=True)
 
 
 def health_url(host: str, port: int) -> str:
@@ -355,20 +366,23 @@ def health_url(host: str, port: int) -> str:
 
 
 def reap_later(db: Path) -> None:
-    """Close the runs left RUNNING by processes that have ended (killed runs, a killed
-    sweep's children), once the server is up (so that MLflow's import here does not slow
-    its start): the UI shows no run as running that is not."""
+    """Once the server is up (so that MLflow's import here does not slow its start): give
+    every experiment the view its links open on (one made by older code has none), and
+    close the runs left RUNNING by processes that have ended (killed runs, a killed
+    sweep's children): the UI shows no run as running that is not."""
     try:
         from pipeline.tracking import store
 
         store.mlflow.set_tracking_uri(f"sqlite:///{db}")
+        for experiment in store.mlflow.MlflowClient().search_experiments():
+            store.set_view(experiment.experiment_id, experiment.tags)
         store.reap_orphans()
     except Exception as e:  # noqa: BLE001 — the UI serves all the same
-        print(f"(could not close runs left RUNNING: {str(e)[:200]})", file=sys.stderr)
+        print(f"(could not ready the store's runs: {str(e)[:200]})", file=sys.stderr)
 
 
 def experiment_links(db: Path, base: str) -> list[tuple[str, str]]:
-    """A link per experiment that opens it in the model-training view (its runs table).
+    """A link per experiment that opens its runs table in its view (links.experiment_page).
 
     MLflow 3.17's UI opens an experiment in its GenAI view unless the URL (or a click on
     'Model training', which the browser remembers) says otherwise; it does not read the
@@ -385,10 +399,7 @@ def experiment_links(db: Path, base: str) -> list[tuple[str, str]]:
             ).fetchall()
     except sqlite3.Error:
         return []
-    return [
-        (name, f"{base.rstrip('/')}/#/experiments/{eid}?workflowType=machine_learning")
-        for eid, name in rows
-    ]
+    return [(name, base.rstrip("/") + links.experiment_page(str(eid))) for eid, name in rows]
 
 
 if __name__ == "__main__":

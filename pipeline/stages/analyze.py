@@ -32,7 +32,7 @@ from pipeline.errors import PipelineError
 from pipeline.families import OURS
 from pipeline.families.numpy_mlp import build_network, sgd_config
 from pipeline.logs import redact
-from pipeline.tracking import identity, runs, store
+from pipeline.tracking import identity, links, runs, store
 from pipeline.tracking.report import Report
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,10 @@ def run(cfg, results: dict) -> str:
             "\n  ".join(headline(report.values, a)),
             report_uri,
             active.info.run_id,
-            store.ui_link(cfg, source.info.experiment_id, active.info.run_id),
+            links.where(
+                store.tracking_uri(cfg),
+                links.run_page(source.info.experiment_id, active.info.run_id),
+            ),
         )
         return active.info.run_id
 

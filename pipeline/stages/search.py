@@ -8,7 +8,7 @@ The space is the preset's `search.space` (conf/search/): config keys, each with 
 sampled values, and trains our network through families/training.py, as `make run` does. It
 reports validation accuracy each epoch; the pruner stops a trial that trails the earlier
 ones at the same epoch (its run ends FINISHED, tagged stopped=pruned with the reason and
-the epoch, its name ending "· pruned"; the trial PRUNED).
+the epoch, "pruned" after the family in its name; the trial PRUNED).
 The objective is the validation accuracy of the weights the run keeps; test accuracy is
 logged, never used.
 
@@ -246,8 +246,8 @@ def open_parent(cfg, study: optuna.Study, owner: bool) -> str:
             f"`{study.study_name}` in {redact(storage_url(cfg))}: "
             f"{cfg.search.sampler} sampler, {cfg.search.pruner} pruner, "
             f"{cfg.search.n_trials} trials over {space}. Each child is one trial; pruned "
-            "trials end FINISHED, tagged stopped=pruned with why and when (their names end "
-            "'· pruned'). The objective is val_accuracy."
+            "trials end FINISHED, tagged stopped=pruned with why and when (their names say "
+            "'pruned' after the family). The objective is val_accuracy."
         )
         run = client.create_run(
             experiment_id,

@@ -46,11 +46,12 @@ def run(cfg, results: dict) -> list[str]:
             results.setdefault("failures", []).append(f"{family.name}: {e}")
     if not run_ids:
         raise RunFailed("train: every run failed: " + "; ".join(results["failures"]))
-    if len(run_ids) > 1:  # ours and the baseline on one chart, on each of their runs
+    if len(run_ids) > 1:  # ours and the baseline side by side and on one chart, on each
         try:
+            runs.note_pair(run_ids)
             runs.log_learning_curves(run_ids)
         except Exception as e:  # a chart lost is not a run lost: both have finished
-            log.warning("train: learning curves not logged: %s", redact(str(e))[:300])
+            log.warning("train: the pair's note or chart not logged: %s", redact(str(e))[:300])
     log.info(
         "train: runs %s logged to %s — browse them with `make ui`",
         ", ".join(run_ids),

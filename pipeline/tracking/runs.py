@@ -18,7 +18,7 @@ from pipeline.config import plain
 from pipeline.engine import DivergenceError
 from pipeline.errors import RunStopped
 from pipeline.logs import redact
-from pipeline.tracking import describe, plots, store
+from pipeline.tracking import describe, links, plots, store
 from pipeline.tracking.environment import environment_tags
 from pipeline.tracking.identity import config_hash, git_commit, resume_key
 
@@ -58,7 +58,7 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None, tags: di
                     "stopped": e.label,
                     "stopped_reason": str(e)[:5000],
                     "stopped_at_epoch": str(e.epoch),
-                    "mlflow.runName": f"{active.info.run_name} · {e.label}",  # at a glance
+                    "mlflow.runName": _labelled(active.info.run_name, e.label),
                 },
             )
             raise
@@ -69,6 +69,13 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None, tags: di
         except BaseException as e:
             _end(active, "FAILED", {"failure_reason": redact(f"{type(e).__name__}: {e}")[:5000]})
             raise
+
+
+def _labelled(run_name: str, label: str) -> str:
+    """The run's name with label after its family, where the runs table never cuts it:
+    'ours pruned trial 7 8 η=3.02 · smoke sigmoid m=10'."""
+    family, _, rest = run_name.partition(" ")
+    return f"{family} {label} {rest}".rstrip()
 
 
 def _end(active, status: str, tags: dict[str, str]) -> None:
@@ -175,17 +182,17 @@ def summary(cfg, run_ids: list[str]) -> str:
     found = [client.get_run(run_id) for run_id in run_ids]
     if not found:
         return ""
-    lines = [f"{'':2}{'run':<44} {'val':>7} {'test':>7}  id"]
+    width = max(len(r.info.run_name) for r in found)
+    lines = [f"{'':2}{'run':<{width}} {'val':>7} {'test':>7}  id"]
     for r in found:
         m = r.data.metrics
         val, test = m.get("val_accuracy"), m.get("test_accuracy")
         lines.append(
-            f"  {r.info.run_name[:44]:<44} {val if val is None else f'{val:.4f}':>7} "
+            f"  {r.info.run_name:<{width}} {val if val is None else f'{val:.4f}':>7} "
             f"{test if test is None else f'{test:.4f}':>7}  {r.info.run_id}"
         )
-    experiment_id = found[0].info.experiment_id
-    hint = "" if store.tracking_uri(cfg).startswith("http") else " (after `make ui`)"
-    lines.append(f"open them{hint}: {store.ui_link(cfg, experiment_id)}")
+    page = links.experiment_page(found[0].info.experiment_id)
+    lines.append(f"open them: {links.where(store.tracking_uri(cfg), page)}")
     return "\n".join(lines)
 
 
@@ -195,6 +202,34 @@ def curves(run_id: str, metrics=("train_accuracy", "val_accuracy")) -> dict[str,
     return {
         m: sorted((h.step, h.value) for h in client.get_metric_history(run_id, m)) for m in metrics
     }
+
+
+def note_pair(run_ids: list[str]) -> str:
+    """Put a config's runs side by side at the top of each one's description (the first
+    thing its page shows): their test accuracy, ours minus the baseline in points, and a
+    link to their compare view, e.g. 'ours 0.9243 · sklearn 0.8930 · +3.13 pt'; returns
+    that line."""
+    client = mlflow.MlflowClient()
+    found = [client.get_run(run_id) for run_id in run_ids]
+    accuracy = {
+        r.info.run_name.split(" ", 1)[0]: r.data.metrics.get("test_accuracy") for r in found
+    }
+    shown = [f"{label} {a:.4f}" for label, a in accuracy.items() if a is not None]
+    values = [a for a in accuracy.values() if a is not None]
+    if len(values) == 2:
+        shown.append(f"{100 * (values[0] - values[1]):+.2f} pt")
+    # A link within the UI (its fragment only), so that it holds on any host and port.
+    compare = links.compare_page(found[0].info.experiment_id, run_ids).removeprefix("/")
+    line = f"**{' · '.join(shown)}** {PAIR} · [compare them]({compare})"
+    for r in found:
+        note = r.data.tags.get("mlflow.note.content", "")
+        if PAIR in note.partition("\n")[0]:  # noted before (a resumed sweep): replaced
+            note = note.partition("\n\n")[2]
+        client.set_tag(r.info.run_id, "mlflow.note.content", f"{line}\n\n{note}")
+    return line
+
+
+PAIR = "(test accuracy, same config and split)"
 
 
 def log_learning_curves(run_ids: list[str]) -> None:

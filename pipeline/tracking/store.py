@@ -32,7 +32,7 @@ from pipeline.paths import (
     remove_orphaned_temp_files,
     temp_prefix,
 )
-from pipeline.tracking import describe
+from pipeline.tracking import describe, links
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +46,6 @@ def store_uri(mlruns_dir: str) -> str:
     (the app's paths.mlruns_dir; the servers' --mlruns)."""
     return (
         os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{from_root(mlruns_dir) / 'mlflow.db'}"
-    )
-
-
-UI_PORT = 5000  # make ui's default port
-
-
-def ui_link(cfg, experiment_id: str, run_id: str | None = None) -> str:
-    """Where a person opens an experiment (or one run of it) in the MLflow UI: on the
-    tracking server when there is one (credentials stripped), else on `make ui`'s default
-    address; in the model-training view, which MLflow's UI does not pick by itself."""
-    return page_link(ui_base(tracking_uri(cfg)), experiment_id, run_id)
-
-
-def ui_base(uri: str) -> str:
-    """The UI of a store: its tracking server (credentials stripped), else `make ui`'s."""
-    return redact(uri).rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{UI_PORT}"
-
-
-def page_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
-    """An experiment's (or one run's) page on the UI at base, in the model-training view."""
-    page = f"runs/{run_id}" if run_id else ""
-    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning".replace(
-        "/?", "?"
     )
 
 
@@ -107,20 +84,31 @@ def setup(cfg) -> str:
             experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
-    if experiment is None or "mlflow.experimentKind" not in experiment.tags:
+    tags = experiment.tags if experiment is not None else {}
+    if "mlflow.experimentKind" not in tags:
         # Open in the UI's model-training view (not the GenAI one), with a description.
-        client = mlflow.MlflowClient()
-        client.set_experiment_tag(
+        mlflow.MlflowClient().set_experiment_tag(
             experiment_id, "mlflow.experimentKind", "custom_model_development"
         )
-        client.set_experiment_tag(
+        mlflow.MlflowClient().set_experiment_tag(
             experiment_id, "mlflow.note.content", describe.experiment_note(cfg.data.name)
         )
+    set_view(experiment_id, tags)
     mlflow.set_experiment(experiment_id=experiment_id)
     if uri not in _REAPED_STORES:
         reap_orphans()
         _REAPED_STORES.add(uri)
     return experiment_id
+
+
+def set_view(experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Give an experiment the runs-table view its links open on (links.view_tags), unless
+    its tags (when known) have it already."""
+    if tags is None:
+        tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
+    for key, value in links.view_tags().items():
+        if tags.get(key) != value:
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
 
 
 def initialise_sqlite(uri: str) -> None:

@@ -51,7 +51,7 @@ def check_one_child_per_trial(study: optuna.Study, parent, children, n_trials: i
             assert run.data.tags["stopped_reason"].startswith("pruned at epoch")
             epoch = int(run.data.tags["stopped_at_epoch"])
             assert run.data.tags["stopped_reason"].startswith(f"pruned at epoch {epoch} of")
-            assert run.info.run_name.endswith(" · pruned")
+            assert run.info.run_name.startswith("ours pruned trial ")
             assert "test_accuracy" not in run.data.metrics  # test is measured on finished runs only
         elif run_id is not None:  # FAIL: a run that exists says why
             run = children[run_id]

@@ -34,20 +34,22 @@ SHOTS = PROJECT_ROOT / "test-artifacts" / "e2e"
 
 
 EXPERIMENT = "digits"
+PAIR_EXPERIMENT = "digits-run"  # `make run` alone: ours and scikit-learn's run of one config
 MODEL = "digits-classifier"
 OUTSIDE_SETTINGS_REMOVED = {"MLFLOW_TRACKING_URI": None, "PIPELINE_DATA_MIRROR": None}
 
 
-def _pipeline(args, tmp):
+def _pipeline(args, tmp, experiment=EXPERIMENT):
     """`python -m pipeline` into the store tmp/mlruns, as a user runs it: no tracking URI or
-    data mirror from outside."""
+    data mirror from outside; what it printed."""
     common = [
         f"paths.mlruns_dir={tmp / 'mlruns'}",
         f"paths.data_dir={tmp / 'data'}",
-        f"tracking.experiment={EXPERIMENT}",
+        f"tracking.experiment={experiment}",
     ]
     result = run_app(*args, *common, env=OUTSIDE_SETTINGS_REMOVED, timeout=600)
     assert result.returncode == 0, f"{args}\n{result.stderr[-3000:]}"
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,7 @@ def ui(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     mlruns = tmp / "mlruns"
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    printed = _pipeline(["data=digits", f"hydra.run.dir={tmp / 'pair'}"], tmp, PAIR_EXPERIMENT)
     _pipeline(["data=digits", "train.epochs=3", f"hydra.run.dir={tmp / 'run'}"], tmp)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     plain = {r.data.tags["model_family"]: r for r in client.search_runs([experiment.experiment_id])}
@@ -78,6 +81,8 @@ def ui(tmp_path_factory):
         tmp,
     )
     runs = client.search_runs([experiment.experiment_id])
+    pair_experiment = client.get_experiment_by_name(PAIR_EXPERIMENT).experiment_id
+    pair = {r.data.tags["model_family"]: r for r in client.search_runs([pair_experiment])}
     port = free_port()
     log = tmp / "ui.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
     server = run_app(
@@ -101,6 +106,7 @@ def ui(tmp_path_factory):
             if line.startswith("  ") and ": http" in line
         )
         yield {
+            "printed_with_no_ui": printed,
             "url": url,
             "experiment_id": experiment.experiment_id,
             "runs": runs,
@@ -108,7 +114,10 @@ def ui(tmp_path_factory):
             "mlruns": mlruns,
             "client": client,
             "plain": plain,
+            "pair": pair,
+            "pair_experiment_id": pair_experiment,
             "links": links,
+            "tmp": tmp,
         }
     finally:
         server.terminate()
@@ -130,14 +139,23 @@ def _new_page(browser):
 
 @pytest.fixture(scope="module")
 def page(ui, browser):
-    """A reviewer's browser: switched to Model training once (the UI remembers it), the
-    MLflow Assistant panel closed."""
+    """A reviewer's browser, kept from test to test (the UI remembers what was picked)."""
     page = _new_page(browser)
-    page.goto(f"{ui['url']}/#/experiments")
-    page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']").click()
-    page.get_by_text("Model training", exact=True).first.click()
     yield page
     page.close()
+
+
+def _first_visit(browser):
+    """A new browser profile (nothing in its localStorage) at 1440×900, as a person's."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(60_000)
+    return page
+
+
+def _on_screen(locator) -> bool:
+    """Is the element wholly inside the 1440×900 window, with no scrolling?"""
+    box = locator.bounding_box()
+    return box is not None and box["x"] + box["width"] <= 1440 and box["y"] + box["height"] <= 900
 
 
 def _runs_by_kind(runs, kind="sweep"):
@@ -201,22 +219,111 @@ def test_the_experiment_opens_in_the_model_training_view(ui, browser):
     """A first visit (a fresh browser) following the link `make ui` prints for the experiment.
 
     (MLflow 3.17's UI does not read the experiment's mlflow.experimentKind tag, which the
-    pipeline sets: opened from its Experiments list, a fresh browser lands in the GenAI view.
-    The link carries ?workflowType=machine_learning, which the UI does honour.)"""
+    pipeline sets: the link carries ?workflowType=machine_learning, which the UI honours,
+    and the page `make ui` serves makes model training a new browser's choice.)"""
     link = ui["links"][EXPERIMENT]
-    assert link == f"{ui['url']}/#/experiments/{ui['experiment_id']}?workflowType=machine_learning"
-    page = _new_page(browser)
+    assert link == (
+        f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs"
+        "?viewStateShareKey=review&workflowType=machine_learning"
+    )
+    page = _first_visit(browser)
     try:
         page.goto(link)
-        page.wait_for_url(re.compile(rf"#/experiments/{ui['experiment_id']}/\w+"))
-        page.wait_for_timeout(3000)  # the page redirects to the tab of its view
-        page.screenshot(path=str(SHOTS / "experiment_opened.png"))
-        # Model training: the Runs tab with the runs table; GenAI: Overview of traces.
-        assert re.search(rf"#/experiments/{ui['experiment_id']}/runs", page.url), page.url
         page.get_by_role("button", name="Columns", exact=True).wait_for(timeout=15_000)
         page.get_by_text("sweep smoke").first.wait_for()  # the runs table, with the sweep
+        page.screenshot(path=str(SHOTS / "experiment_opened.png"))
+        assert re.search(rf"#/experiments/{ui['experiment_id']}/runs", page.url), page.url
     finally:
         page.close()
+
+
+def test_the_root_link_opens_on_model_training_with_the_assistant_closed(ui, browser):
+    """`make ui`'s first link (the UI's root) in a fresh browser: MLflow would open its
+    GenAI home and its Assistant panel; the page make ui serves picks model training."""
+    page = _first_visit(browser)
+    try:
+        page.goto(ui["url"])
+        page.get_by_text("Recent Experiments").first.wait_for()
+        page.wait_for_timeout(2000)  # time for a panel that opens itself to open
+        page.screenshot(path=str(SHOTS / "root.png"))
+        workflow = page.evaluate("localStorage.getItem('mlflow.workflowType_v1')")
+        assert workflow == '"machine_learning"'
+        assert page.locator("[data-component-id='mlflow.assistant.chat_panel.close']").count() == 0
+        page.get_by_text(EXPERIMENT, exact=True).first.click()  # from the list, as a person
+        page.get_by_role("button", name="Columns", exact=True).wait_for(timeout=15_000)
+        assert "/runs" in page.url, page.url  # the runs table, not the GenAI overview
+    finally:
+        page.close()
+
+
+def test_the_printed_link_opens_on_both_accuracies_of_a_pair_best_first(ui, browser):
+    """`make run`, then the link `make ui` prints for its experiment, in a fresh browser at
+    1440×900, with no click: both runs' test accuracy on screen, the better one first, and
+    each name whole."""
+    pair = sorted(ui["pair"].values(), key=lambda r: r.data.metrics["test_accuracy"], reverse=True)
+    assert pair[0].data.metrics["test_accuracy"] > pair[1].data.metrics["test_accuracy"]
+    page = _first_visit(browser)
+    try:
+        page.goto(ui["links"][PAIR_EXPERIMENT])
+        rows = []
+        for run in pair:
+            for metric in ("test_accuracy", "val_accuracy"):
+                cell = _cell(page, run.info.run_name, f"metrics.`{metric}`")
+                cell.wait_for()
+                assert float(cell.inner_text()) == pytest.approx(run.data.metrics[metric])
+                assert _on_screen(cell), (run.info.run_name, metric, cell.bounding_box())
+            name = page.locator("[col-id='attributes.`Run Name`']").get_by_text(
+                run.info.run_name, exact=True
+            )
+            assert name.evaluate("e => e.scrollWidth <= e.clientWidth"), run.info.run_name
+            row = name.first.locator("xpath=ancestor::*[@role='row'][1]")
+            rows.append(int(row.get_attribute("row-index")))
+        assert rows[0] < rows[1], "the better run of the pair is not first"
+        page.screenshot(path=str(SHOTS / "runs_view_pair.png"))
+    finally:
+        page.close()
+
+
+def test_a_runs_page_opens_on_the_pair_and_links_their_compare_view(ui, browser):
+    ours, theirs = ui["pair"]["numpy_mlp"], ui["pair"]["sklearn_mlp"]
+    a, b = (r.data.metrics["test_accuracy"] for r in (ours, theirs))
+    line = f"ours {a:.4f} · sklearn {b:.4f} · {100 * (a - b):+.2f} pt"
+    page = _first_visit(browser)
+    try:
+        page.goto(
+            f"{ui['url']}/#/experiments/{ui['pair_experiment_id']}/runs/{ours.info.run_id}"
+            "?workflowType=machine_learning"
+        )
+        shown = page.get_by_text(line, exact=True).first
+        shown.wait_for()
+        assert _on_screen(shown)
+        page.screenshot(path=str(SHOTS / "run_page_pair.png"))
+        with page.expect_popup() as opened:  # MLflow opens a description's links in a new tab
+            page.get_by_role("link", name="compare them").first.click()
+        compare = opened.value
+        compare.get_by_text(theirs.info.run_name).first.wait_for()
+        assert "#/compare-runs" in compare.url
+        assert ours.info.run_id in compare.url and theirs.info.run_id in compare.url
+        compare.screenshot(path=str(SHOTS / "compare_from_run_page.png"))
+        compare.close()
+    finally:
+        page.close()
+
+
+def test_printed_links_follow_the_ui_and_name_make_ui_when_none_runs(ui):
+    """A command prints links to the `make ui` serving its store, on that UI's port; run
+    while no UI served the store, it said how to start one instead of a dead link."""
+    before = [line for line in ui["printed_with_no_ui"].splitlines() if "open them" in line]
+    assert before == [
+        "open them: `make ui` (no MLflow UI serves this store now; it prints the links)"
+    ]
+    printed = _pipeline(
+        ["data=digits", "train.epochs=1", "baseline=none"],
+        ui["tmp"],
+        "digits-links",
+    )
+    (line,) = [line for line in printed.splitlines() if line.startswith("open them: ")]
+    assert line.startswith(f"open them: http://127.0.0.1:{ui['port']}/#/experiments/"), line
 
 
 def test_the_runs_table_shows_named_runs_and_the_accuracy_columns(ui, page):
@@ -263,19 +370,22 @@ def test_a_child_run_page_shows_its_params_and_test_accuracy(ui, page):
     _see(page, [child.info.run_name, "test_accuracy", "model.hidden_sizes", value], "child_run.png")
 
 
-def test_the_sweep_parent_row_shows_the_winner_of_either_family(ui, page):
+def test_the_sweep_parent_row_shows_the_winner_of_either_family(ui, browser):
     parent, children = _runs_by_kind(ui["runs"])
     (winner,) = [c for c in children if c.info.run_id == parent.data.tags["best_child_run_id"]]
     assert winner.data.metrics["val_accuracy"] == max(
         c.data.metrics["val_accuracy"] for c in children
     )
-    page.goto(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?workflowType=machine_learning")
-    page.get_by_text(parent.info.run_name).first.wait_for()
-    _show_metric_columns(page, "val_accuracy", "test_accuracy")
-    for metric in ("val_accuracy", "test_accuracy"):
-        shown = _cell(page, parent.info.run_name, f"metrics.`{metric}`").inner_text()
-        assert float(shown) == pytest.approx(winner.data.metrics[metric], abs=1e-4), metric
-    page.screenshot(path=str(SHOTS / "runs_table_winner.png"))
+    page = _first_visit(browser)  # the printed link, no click: the columns are there
+    try:
+        page.goto(ui["links"][EXPERIMENT])
+        page.get_by_text(parent.info.run_name).first.wait_for()
+        for metric in ("val_accuracy", "test_accuracy"):
+            shown = _cell(page, parent.info.run_name, f"metrics.`{metric}`").inner_text()
+            assert float(shown) == pytest.approx(winner.data.metrics[metric]), metric
+        page.screenshot(path=str(SHOTS / "runs_table_winner.png"))
+    finally:
+        page.close()
 
 
 def test_the_compare_view_of_a_pair_shows_the_config_filled_on_both_sides(ui, page):

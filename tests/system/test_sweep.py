@@ -291,7 +291,7 @@ def test_seed_means_average_each_config_over_its_seeds_and_skip_failed_and_prune
         ("ours no elastic seed=0 · frontier 800 relu η=0.05 m=100", 0, "FINISHED", 0.97),
         ("ours no elastic seed=1 · frontier 800 relu η=0.05 m=100", 1, "FINISHED", 0.95),
         # finished, but cut short by a pruner: not a seed of the mean
-        ("ours no elastic seed=3 · frontier 800 relu η=0.05 m=100 · pruned", 3, "FINISHED", 0.1),
+        ("ours pruned no elastic seed=3 · frontier 800 relu η=0.05 m=100", 3, "FINISHED", 0.1),
     ]
     table = pd.DataFrame(
         [
