@@ -1,12 +1,15 @@
-"""`make serve`: a registered model over HTTP (`mlflow models serve`), on loopback.
+"""`make serve`: a registered model over HTTP (MLflow's scoring server), on loopback.
 
     python -m pipeline.serve.model [--model mnist-classifier] [--alias champion] [--port 5001]
 
 Serves models:/<model>@<alias> from the project's store (or MLFLOW_TRACKING_URI) on
-127.0.0.1 unless --host says otherwise. The model checks each request (pixels in [0, 1],
-the right width) and answers 400 with the reason otherwise. The server runs in a process
-group of its own that stopping this process (Ctrl-C, SIGTERM from `kill` or from make)
-ends whole, uvicorn's workers included; "ready" is printed once it answers.
+127.0.0.1 unless --host says otherwise, with the app `mlflow models serve` runs
+(serve/model_app.py), whose error answers say the reason first in a few hundred bytes
+where MLflow's echo the whole input. The model checks each request (pixels in [0, 1],
+the right width) and answers 400 with the reason otherwise; the server's log line for
+the request names it too. The server runs in a process group of its own that stopping
+this process (Ctrl-C, SIGTERM from `kill` or from make) ends whole; "ready" is printed
+once it answers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from pipeline.logs import redact
 from pipeline.serve import ui
@@ -39,27 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     model_uri = f"models:/{args.model}@{args.alias}"
     base = ui.local_url(args.host, args.port)
     print(f"serving {model_uri} (version {version}) on {base}: starting…", flush=True)
+    # MLflow's scoring app, as `mlflow models serve -m <uri> --env-manager local` runs it,
+    # but for its error answers: MLflow's begin with the whole input, 4-16 KB (model_app.py)
     command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "models",
-        "serve",
+        sys.executable,
         "-m",
+        "pipeline.serve.model_app",
+        "--model-uri",
         model_uri,
-        "--env-manager",
-        "local",
         "--host",
         args.host,
         "--port",
         str(args.port),
     ]
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
     return ui.run_server(
         command,
-        env=env,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
         ready=(
             f"{base}/ping",
             f"ready: POST rows of pixels to {base}/invocations "

@@ -3,8 +3,11 @@ champion registered with its lineage and served, the analysis of the right run."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import urllib.error
@@ -21,6 +24,7 @@ from pipeline.app import run_stages
 from pipeline.data import dataset
 from pipeline.errors import PipelineError
 from pipeline.paths import PROJECT_ROOT
+from pipeline.serve import model_app
 from pipeline.stages import analyze
 from pipeline.tracking import runs as tracking_runs
 from pipeline.tracking import store as tracking_store
@@ -203,18 +207,10 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
         (probabilities,) = ask_served_model(port, image, server, params=asked)["predictions"]
         assert np.argmax(probabilities) == answer["predictions"][0]
         np.testing.assert_allclose(probabilities, model.predict(image, params=asked)[0], rtol=1e-6)
-        for body, message in (
-            ('{"inputs": [[NaN' + ", 0.5" * 63 + "]]}", "must be finite"),
-            ('{"inputs": [[Infinity' + ", 0.5" * 63 + "]]}", "must be finite"),
-            (json.dumps({"inputs": (image * 255).tolist()}), "divide 0..255 pixels by 255"),
-            (json.dumps({"inputs": (image - 1).tolist()}), "must be in [0, 1]"),
-            (
-                json.dumps({"inputs": image.tolist(), "params": {"output": "logits"}}),
-                "params.output must be one of label, probabilities",
-            ),
-        ):
-            status, text = post(port, body)
-            assert status == 400 and message in text, (status, text[:500])
+        # garbage gets a 400 that says why first, in a few hundred bytes
+        reasons = [
+            check_refusal(*post(port, body, kind), why) for body, kind, why in bad_requests(image)
+        ]
         # make passes SIGTERM (kill, a container stop) on to its recipe, which must end the
         # server whole: mlflow's uvicorn workers used to go on serving
         make = server.pid
@@ -229,15 +225,118 @@ def test_make_serve_serves_the_champion_refuses_garbage_and_stops_whole(trained,
         )
         with pytest.raises(OSError):
             post(port, json.dumps({"inputs": image.tolist()}))
+        log, _ = server.communicate(timeout=30)  # the server has ended: all it printed
+        for reason in reasons:  # the server's line for each request names the reason
+            assert f'"POST /invocations HTTP/1.1" 400 Bad Request: {reason}\n' in log, log[-3000:]
     finally:
         for pid in _group(server.pid):
             os.kill(pid, signal.SIGKILL)
         server.wait(timeout=30)
 
 
-def post(port: int, body: str) -> tuple[int, str]:
+JSON = "application/json"
+
+
+def bad_requests(image: np.ndarray) -> list[tuple[str, str, str]]:
+    """Requests a served digits model refuses, made from a 64-pixel `image`: (body, its
+    content type, a regex of the reason its answer must begin with)."""
+    return [
+        ('{"inputs": [[NaN' + ", 0.5" * 63 + "]]}", JSON, "pixel values must be finite"),
+        ('{"inputs": [[Infinity' + ", 0.5" * 63 + "]]}", JSON, "pixel values must be finite"),
+        (
+            json.dumps({"inputs": (image * 255).tolist()}),
+            JSON,
+            r"pixel values must be in \[0, 1\].*\(divide 0\.\.255 pixels by 255\)",
+        ),
+        (json.dumps({"inputs": (image - 1).tolist()}), JSON, r"pixel values must be in \[0, 1\]"),
+        (  # MLflow's check of the signature comes before ours
+            json.dumps({"inputs": np.hstack([image, image]).tolist()}),
+            JSON,
+            r"(Shape of input \(1, 128\)|expected rows of 64).*64",
+        ),
+        (
+            json.dumps({"inputs": image.tolist(), "params": {"output": "logits"}}),
+            JSON,
+            "params.output must be one of label, probabilities",
+        ),
+        (  # MLflow reads a tensor input from JSON only
+            ",".join(f"p{i}" for i in range(64)) + "\n" + ",".join(map(str, image[0])) + "\n",
+            "text/csv",
+            r"a CSV body cannot be read by this model.*application/json",
+        ),
+    ]
+
+
+def check_refusal(status: int, text: str, reason: str) -> str:
+    """Assert that an answer is a 400 of a few hundred bytes that begins with the reason
+    (the regex `reason`), with neither the input nor a traceback; return the reason."""
+    assert status == 400, (status, text[:500])
+    assert len(text.encode()) <= 500, f"{len(text.encode())} bytes: {text[:500]}…"
+    assert "stack_trace" not in text and "Traceback" not in text, text[:500]
+    assert len(re.findall(r"\d\.\d", text)) <= 2, f"echoes the input: {text[:500]}"
+    assert text.startswith('{"message": "'), text[:500]
+    message = json.loads(text)["message"]
+    assert re.match(reason, message), (reason, message)
+    return message
+
+
+def test_a_served_models_refusal_says_why_first_in_a_few_hundred_bytes(
+    trained, monkeypatch, caplog
+):
+    """MLflow's scoring app as make serve runs it (serve/model_app.py), in this process."""
+    cfg, ours, _ = trained
+    model = mlflow.pyfunc.load_model(f"runs:/{ours.info.run_id}/model")
+    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", raising=False)  # init sets it
+    app = model_app.build(model)
+    image = dataset.load(cfg.data).x("test")[:1]
+    server_log = logging.getLogger("uvicorn.error")  # uvicorn's: it may not propagate
+    server_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=server_log.name):
+            for body, kind, why in bad_requests(image):
+                caplog.clear()
+                reason = check_refusal(*asgi_post(app, body, kind), why)
+                assert f'"POST /invocations HTTP/1.1" 400 Bad Request: {reason}' in caplog.text
+            status, text = asgi_post(app, json.dumps({"inputs": image.tolist()}), JSON)
+    finally:
+        server_log.removeHandler(caplog.handler)
+    assert status == 200 and json.loads(text)["predictions"] == model.predict(image).tolist()
+
+
+def asgi_post(app, body: str, content_type: str) -> tuple[int, str]:
+    """POST body to an ASGI app's /invocations in this process: (status, answer)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/invocations",
+        "raw_path": b"/invocations",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 5001),
+    }
+    request = [{"type": "http.request", "body": body.encode(), "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        if request:
+            return request.pop()
+        await asyncio.Event().wait()  # a client that stays connected until answered
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]).decode()
+
+
+def post(port: int, body: str, content_type: str = JSON) -> tuple[int, str]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations", body.encode(), {"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}/invocations", body.encode(), {"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
