@@ -142,23 +142,25 @@ def test_logged_model_reproduces_the_logged_test_accuracy_exactly(trained, famil
     assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
 
 
-def test_compare_pairs_ours_with_the_baseline_and_logs_the_table(trained, monkeypatch):
+def test_compare_pairs_ours_with_the_baseline_and_logs_nothing(trained, monkeypatch):
     cfg, uri, _ = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _, before = _runs(uri)
     table = compare.run(cfg, {})
     assert len(table) == 1
     assert {
-        "numpy_mlp test_acc",
-        "sklearn_mlp test_acc",
-        "numpy_mlp train_s",
-        "sklearn_mlp train_s",
+        "config",
+        "ours test_acc",
+        "sklearn test_acc",
+        "diff_pt",
+        "winner",
+        "ours train_s",
+        "sklearn train_s",
     } <= set(table.columns)
-    client, runs = _runs(uri)
-    report = runs["compare"]
-    assert {a.path for a in client.list_artifacts(report.info.run_id)} == {
-        "compare.csv",
-        "compare.md",
-    }
+    ours, sklearn = (before[f].data.metrics["test_accuracy"] for f in ("numpy_mlp", "sklearn_mlp"))
+    assert table["diff_pt"].iloc[0] == pytest.approx(100 * (ours - sklearn))
+    _, after = _runs(uri)
+    assert set(after) == set(before) == {"numpy_mlp", "sklearn_mlp"}  # no compare run
 
 
 def test_a_diverging_run_ends_failed_with_the_reason(digits_cfg, store):
