@@ -9,11 +9,13 @@ activations for the very pixels the page sent. Screenshots go to test-artifacts/
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import urllib.error
 import urllib.request
 
+import matplotlib.image
 import mlflow
 import numpy as np
 import pytest
@@ -142,6 +144,54 @@ def check_against_the_model(page, demo, run_id) -> dict:
     return now
 
 
+def lit(page) -> list[dict]:
+    """How brightly each drawn unit is lit, as a person sees it: the luminance of the pixels
+    at its centre against the network panel's own background, from a screenshot (0: the unit
+    is as empty as the panel, 1: black on white or white on black)."""
+    units = page.evaluate(
+        """() => {
+            const panel = document.getElementById('network').getBoundingClientRect();
+            return [...document.querySelectorAll('#network circle[data-unit]')].map(c => {
+                const box = c.getBoundingClientRect();
+                return { layer: +c.dataset.layer, unit: +c.dataset.unit, value: +c.dataset.value,
+                         x: box.x + box.width / 2 - panel.x, y: box.y + box.height / 2 - panel.y };
+            });
+        }"""
+    )
+    image = matplotlib.image.imread(io.BytesIO(page.locator("#network").screenshot()))
+    luminance = image[..., :3] @ np.array([0.2126, 0.7152, 0.0722])
+    background = luminance[12:22, 12:22].mean()  # a blank corner of the panel
+    for u in units:
+        x, y = round(u["x"]), round(u["y"])
+        u["lit"] = abs(luminance[y - 1 : y + 2, x - 1 : x + 2].mean() - background)
+    return units
+
+
+def check_lit_as_active(page, answer: int):
+    """Active units are drawn bright, inactive ones nearly empty, in every layer (unbounded
+    activations relative to the layer's largest); the answer stands out among the outputs."""
+    units = lit(page)
+    for layer in {u["layer"] for u in units}:
+        shown_units = [u for u in units if u["layer"] == layer]
+        scale = max(1.0, *(u["value"] for u in shown_units))
+        for a in shown_units:
+            for b in shown_units:
+                if a["value"] - b["value"] > 0.2 * scale:  # more active: lit more brightly
+                    assert a["lit"] > b["lit"] + 0.05, (layer, a, b)
+    outputs = {u["unit"]: u for u in units if u["layer"] == max(u["layer"] for u in units)}
+    winner = outputs[answer]
+    assert winner["lit"] == max(u["lit"] for u in outputs.values())
+    assert winner["lit"] > 0.6 * winner["value"], winner  # lit as strongly as it is active
+    for u in outputs.values():
+        if u["value"] < 0.05:
+            assert u["lit"] < 0.15, u  # an inactive output is nearly empty
+    label = page.locator(f"#network text[data-digit='{answer}']")
+    other = page.locator(f"#network text[data-digit='{(answer + 1) % 10}']")
+    assert label.evaluate("t => getComputedStyle(t).fontWeight") == "700"
+    size = "t => parseFloat(getComputedStyle(t).fontSize)"
+    assert label.evaluate(size) > other.evaluate(size)  # the answer's digit labelled larger
+
+
 def test_a_drawn_one_is_made_a_training_digit_and_the_classic_net_reads_a_1(demo, page):
     page.click("#clear")
     box = page.locator("#canvas").bounding_box()
@@ -162,6 +212,7 @@ def test_a_drawn_one_is_made_a_training_digit_and_the_classic_net_reads_a_1(demo
     rows = np.flatnonzero(image.max(axis=1) > 0.05)
     assert rows[-1] - rows[0] + 1 in (20, 21)
     np.testing.assert_allclose(ndimage.center_of_mass(image), [13.5, 13.5], atol=1.0)
+    check_lit_as_active(page, 1)
     page.screenshot(path=str(SHOTS / "classic_drawn_1.png"))
 
 
@@ -191,6 +242,7 @@ def test_switching_runs_shows_what_the_other_network_does_with_the_same_image(de
     check_against_the_model(page, demo, wide)
     assert "16/100" in page.locator("#network").text_content()  # the wide layer, summarised
     assert page.locator("#weights canvas").count() == 16
+    check_lit_as_active(page, int(after["answer"]))
     page.screenshot(path=str(SHOTS / "wide_test_image.png"))
 
 

@@ -129,6 +129,12 @@ function el(name, attrs, text) {
   return node;
 }
 
+// A unit is lit as brightly as it is active, as the lesson draws it: on the dark panel an
+// activation of 0 is the panel's own dark and 1 is white (between, the mix of the two). The
+// answer, the brightest output, is ringed and labelled in the accent colour; the rest dim.
+const DARK = [14, 22, 32], LIT = [255, 255, 255];  // #0e1620 (demo.css: #network) and white
+const lit = (a) => `rgb(${DARK.map((d, i) => Math.round(d + (LIT[i] - d) * a)).join(",")})`;
+
 function drawNetwork(answer) {
   // Columns: hidden layers (their 16 most active units when wider), then the outputs.
   const svg = $("network");
@@ -139,9 +145,15 @@ function drawNetwork(answer) {
   }));
   layers.push({ title: "output", units: answer.outputs.map((v, j) => [j, v]), output: true });
   const width = 560, height = 420, columns = layers.length, left = 170;
+  const glow = el("filter", { id: "glow", x: "-50%", y: "-50%", width: "200%", height: "200%" });
+  glow.append(el("feGaussianBlur", { stdDeviation: 4 }));
+  const defs = el("defs", {});
+  defs.append(glow);
+  svg.append(defs);
   // The input first, as the picture the network gets (its 784 activations a⁰).
   svg.append(el("image", { href: $("seen").toDataURL(), x: 10, y: height / 2 - 50, width: 100,
                            height: 100 }));
+  svg.append(el("rect", { x: 10, y: height / 2 - 50, width: 100, height: 100, class: "frame" }));
   svg.append(el("text", { x: 60, y: height / 2 - 58, "text-anchor": "middle", "font-size": 11 },
                 `input: ${answer.input.length} pixels`));
   const positions = layers.map((layer, c) => {
@@ -150,11 +162,11 @@ function drawNetwork(answer) {
     return layer.units.map((_, k) => [x, 40 + step * (k + 0.5)]);
   });
   for (const [x2, y2] of positions[0])  // faint wiring: the input to the first layer…
-    svg.append(el("line", { x1: 110, y1: height / 2, x2, y2, stroke: "#0001" }));
+    svg.append(el("line", { x1: 110, y1: height / 2, x2, y2, class: "wire" }));
   for (let c = 1; c < columns; c++)  // …and between the shown units
     for (const [x1, y1] of positions[c - 1])
       for (const [x2, y2] of positions[c])
-        svg.append(el("line", { x1, y1, x2, y2, stroke: "#0001" }));
+        svg.append(el("line", { x1, y1, x2, y2, class: "wire" }));
   layers.forEach((layer, c) => {
     svg.append(el("text", { x: positions[c][0][0], y: 18, "text-anchor": "middle",
                             "font-size": 11 }, layer.title));
@@ -162,15 +174,17 @@ function drawNetwork(answer) {
     // Brightness is the activation; unbounded ones (ReLU) relative to the layer's largest.
     const brightest = Math.max(1, ...layer.units.map(([, v]) => v));
     layer.units.forEach(([j, v], k) => {
-      const [x, y] = positions[c][k];
-      const level = Math.round(255 * Math.max(0, Math.min(1, v / brightest)));
-      const dot = el("circle", { cx: x, cy: y, r: layer.output ? 13 : 9,
-        fill: `rgb(${level},${level},${level})`, stroke: j === top ? "#e40" : "#555",
-        "stroke-width": j === top ? 3 : 1, "data-layer": c, "data-unit": j,
-        "data-value": v.toFixed(4) });
+      const [x, y] = positions[c][k], r = layer.output ? 13 : 9;
+      const brightness = Math.max(0, Math.min(1, v / brightest));
+      if (j === top) svg.append(el("circle", { cx: x, cy: y, r: r + 4, class: "halo" }));
+      const dot = el("circle", { cx: x, cy: y, r, fill: lit(brightness),
+        class: j === top ? "unit answer" : "unit", "data-layer": c, "data-unit": j,
+        "data-value": v.toFixed(4), "data-brightness": brightness.toFixed(3) });
       dot.append(el("title", {}, `unit ${j}: ${v.toFixed(4)}`));
       svg.append(dot);
-      if (layer.output) svg.append(el("text", { x: x + 20, y: y + 4, "font-size": 13 }, `${j}`));
+      if (layer.output)
+        svg.append(el("text", { x: x + 21, y: y + (j === top ? 6 : 4),
+          class: j === top ? "digit answer" : "digit", "data-digit": j }, `${j}`));
     });
   });
 }
@@ -225,7 +239,10 @@ async function openRun(id) {
   $("run-config").textContent = `${info.sizes.join("-")} ${info.activation}, ${info.cost}`;
   $("val").textContent = info.val_accuracy == null ? "–" : info.val_accuracy.toFixed(4);
   $("test").textContent = info.test_accuracy == null ? "–" : info.test_accuracy.toFixed(4);
-  $("run-link").href = info.link;
+  // no MLflow UI serves the store: say how to start one rather than link to a dead port
+  $("run-link").hidden = !info.link;
+  $("run-link").href = info.link || "";
+  $("no-ui").hidden = Boolean(info.link);
   // The same picture for the newly chosen network: compare what they do with it.
   predict(demo.request || { drawing: drawing() });
 }
