@@ -62,6 +62,7 @@ def main(cfg: DictConfig) -> None:
     # are stopped first, so that they close theirs.
     interrupts.install(before_raising=interrupts.stop_descendants)
     logs.redact_all_handlers()
+    logs.quiet_libraries(cfg.verbose)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:

@@ -175,6 +175,7 @@ class Config:
     )
     seed: int = 0  # the network's initial weights and every epoch's shuffle
     quiet: bool = False  # no progress bars (they are off anyway when not on a terminal)
+    verbose: bool = False  # the libraries' INFO lines too (MLflow's, Optuna's, alembic's)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = MISSING
     model: ModelConfig = MISSING

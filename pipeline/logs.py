@@ -9,6 +9,7 @@ logging handler once Hydra has made them, does it to every record, ours and the 
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 # scheme://user:password@  →  scheme://user:***@   (a user name alone is no secret)
@@ -34,6 +35,23 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+# Libraries whose INFO lines repeat what the pipeline says, or say what a user cannot act
+# on ("Detected uv project", "Creating a new version of this model..."): WARNING and up only
+# unless verbose=true.
+CHATTY = ("mlflow", "alembic", "optuna", "httpx", "urllib3")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """The CHATTY libraries' loggers at WARNING, or (verbose) left as they are."""
+    if verbose:
+        return
+    # MLflow sets its loggers' level when it is imported, from this variable (INFO unset);
+    # the processes this one starts (sweep workers, servers) inherit it.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def redact_all_handlers() -> None:

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     uri = store.store_uri(args.mlruns)
     try:
-        allowed = ui.check_network(args)
+        allowed = ui.check_network(args, "make demo DEMO_PORT")
         run_id, why = pick_run(uri, args.run_id, args.model)
     except ui.UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     uri = store.store_uri(args.mlruns)
     try:
-        ui.check_network(args)
+        ui.check_network(args, "make serve SERVE_PORT")
         version = champion(uri, args.model, args.alias)
     except ui.UsageError as e:
         print(f"error: {e}", file=sys.stderr)

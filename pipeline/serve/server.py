@@ -55,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     mlruns = from_root(args.mlruns)
     cluster, started = None, False
     try:
-        allowed = ui.check_network(args)
+        allowed = ui.check_network(args, "make server PORT")
         if args.db:
             backend = backend_url(args.db)
         else:
             folder = mlruns / "postgres"
             if postgres.Cluster(folder).port() is None:
-                ui.check_port("127.0.0.1", args.pg_port)
+                ui.check_port("127.0.0.1", args.pg_port, "make server PG_PORT")
             cluster, pg_port, started = postgres.ensure_running(folder, args.pg_port)
             backend = cluster.url(pg_port, "mlflow")
     except (ui.UsageError, PipelineError) as e:

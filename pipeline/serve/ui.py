@@ -75,8 +75,9 @@ def jobs_url(host: str, port: int, allowed_names: str | None) -> str:
     return f"http://{url_host(host)}:{port}"
 
 
-def check_port(host: str, port: int) -> None:
-    """Raise UsageError unless `mlflow server` could bind host:port right now.
+def check_port(host: str, port: int, retry: str = "make ui PORT") -> None:
+    """Raise UsageError unless `mlflow server` could bind host:port right now; a taken
+    port's message suggests `{retry}={port + 1}`, the command the user ran.
 
     Binds a socket of the family the host resolves to (getaddrinfo), so `--host ::` or
     `--host ::1` is checked over IPv6, not wrongly reported as taken by an IPv4 bind.
@@ -95,8 +96,8 @@ def check_port(host: str, port: int) -> None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise UsageError(
-                    f"port {port} on {host} is already in use (another `make ui`?). Stop that "
-                    f"server, or pick another port: make ui PORT={port + 1}"
+                    f"port {port} on {host} is already in use (another server?). Stop that "
+                    f"server, or pick another port: {retry}={port + 1}"
                 ) from e
             raise UsageError(f"cannot serve on {url_host(host)}:{port}: {e.strerror}") from e
 
@@ -298,9 +299,9 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlruns", default="mlruns", help="the store folder (default: mlruns/)")
 
 
-def check_network(args) -> str | None:
-    """Check the network options (UsageError if wrong); warn if exposed; return the value
-    of MLflow's --allowed-hosts."""
+def check_network(args, retry: str = "make ui PORT") -> str | None:
+    """Check the network options (UsageError if wrong; a taken port's names `retry`, the
+    command and its port setting); warn if exposed; return MLflow's --allowed-hosts."""
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: a port is a number from 1 to 65535")
     allowed = (
@@ -308,7 +309,7 @@ def check_network(args) -> str | None:
         if args.allowed_hosts is not None
         else None
     )
-    check_port(args.host, args.port)
+    check_port(args.host, args.port, retry)
     if not is_loopback(args.host):
         print(exposure_warning(args.host, args.port, allowed), file=sys.stderr, flush=True)
     return allowed

@@ -62,7 +62,7 @@ def register(run_id: str, model_name: str | None = None, alias: str = "champion"
             "register a run that trained all its epochs"
         )
     try:
-        mlflow.models.get_model_info(f"runs:/{run_id}/model")
+        model_id = mlflow.models.get_model_info(f"runs:/{run_id}/model").model_id
     except (MlflowException, OSError):
         raise PipelineError(
             f"register: run {run_id} logged no model "
@@ -105,19 +105,22 @@ def register(run_id: str, model_name: str | None = None, alias: str = "champion"
         )
     except MlflowException:
         client.set_registered_model_tag(model_name, "dataset", dataset)  # it exists already
-    # register_model resolves runs:/ to where MLflow 3 keeps the logged model
-    version = mlflow.register_model(f"runs:/{run_id}/model", model_name, tags=lineage)
-    client.update_model_version(
+    # From the logged model itself (MLflow 3 keeps it apart from the run's artifacts): what
+    # mlflow.register_model resolves runs:/ to, without its three lines on the console.
+    version = client.create_model_version(
         model_name,
-        version.version,
+        f"models:/{model_id}",
+        run_id=run_id,
+        tags=lineage,
         description=f"{source.info.run_name}: validation accuracy {lineage['val_accuracy']}, "
         f"test accuracy {lineage['test_accuracy']}; config.yaml in run {run_id}.",
+        model_id=model_id,
     )
     client.set_registered_model_alias(model_name, alias, version.version)
     log.info(
         "register: %s version %s (run %s) is now @%s", model_name, version.version, run_id, alias
     )
-    return version.version
+    return str(version.version)
 
 
 def validation_split(run) -> str:

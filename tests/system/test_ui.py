@@ -104,9 +104,26 @@ def test_a_taken_port_is_one_line_of_error_and_a_non_zero_exit(tmp_path, family,
         result = _run(["--host", host, "--port", str(port)], tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"error: port {port} on {host} is already in use (another `make ui`?). "
+        f"error: port {port} on {host} is already in use (another server?). "
         f"Stop that server, or pick another port: make ui PORT={port + 1}"
     ]
+
+
+@pytest.mark.parametrize(
+    "module, retry",
+    [
+        ("pipeline.serve.model", "make serve SERVE_PORT"),
+        ("pipeline.serve.demo", "make demo DEMO_PORT"),
+    ],
+)
+def test_a_taken_port_names_the_command_that_was_run(tmp_path, module, retry):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_app("--port", port, "--mlruns", tmp_path / "mlruns", module=module)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(f"pick another port: {retry}={port + 1}")
 
 
 def test_an_address_of_another_machine_is_one_line_of_error_not_a_taken_port(tmp_path):
