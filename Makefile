@@ -23,10 +23,11 @@ PG_PORT ?= 5432
 
 ## this list: each target with the first line of its comment
 help:
-	@awk '/^## /{ if (!c) c = substr($$0, 4); next } /^[a-z][a-z-]*:/{ if (c) printf "  make %-13s %s\n", substr($$1, 1, length($$1) - 1), c } { c = "" }' $(MAKEFILE_LIST)
+	@awk '/^## /{ if (!c) c = substr($$0, 4); next } /^[a-z][a-z-]*:/{ if (c) printf "  make %-16s %s\n", substr($$1, 1, length($$1) - 1), c } { c = "" }' $(MAKEFILE_LIST)
 	@echo "  python -m pipeline --help: the stages, presets and every setting"
 
-## the locked environment: exactly the versions in uv.lock (uv itself is locked there too)
+## the locked environment: exactly the versions in uv.lock
+## (uv itself is locked there too)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock
@@ -43,14 +44,14 @@ $(EXTRAS_STAMP): $(STAMP)
 	$(UV) sync --locked --extra test --extra ray --extra postgres --compile-bytecode
 	touch $@
 
-## refresh uv.lock to the newest versions pyproject.toml allows, then install them
+## refresh uv.lock to the newest versions pyproject.toml allows; install them
 lock:
 	test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet uv==$(UV_VERSION); }
 	$(UV) lock --upgrade
 	$(UV) sync --frozen --extra test --compile-bytecode
 	touch $(STAMP)
 
-## run the default pipeline (extra Hydra overrides: make run ARGS="data=digits")
+## run the default pipeline (Hydra overrides: make run ARGS="data=digits")
 run: install
 	$(PY) -m pipeline $(ARGS)
 
@@ -58,7 +59,7 @@ run: install
 data: install
 	$(PY) -m pipeline stages=[download,preprocess] $(ARGS)
 
-## train + evaluate (ours and the scikit-learn baseline), e.g. make train ARGS="model=nielsen"
+## train + evaluate ours and the scikit-learn baseline (ARGS="model=nielsen")
 train: install
 	$(PY) -m pipeline $(ARGS)
 
@@ -66,42 +67,46 @@ train: install
 compare: install
 	$(PY) -m pipeline stages=[compare] $(ARGS)
 
-## what the network learned, on the latest classic run (RUN_ID=<id> for another run)
+## what the network learned, on the latest classic run (RUN_ID=<id>)
 analyze: install
 	$(PY) -m pipeline stages=[analyze] $(if $(RUN_ID),analyze.run_id=$(RUN_ID)) $(ARGS)
 
-## rerun a logged training run from its config; metric by metric: does it match?
+## rerun a logged run from its config (RUN_ID=<id>): does each metric match?
 reproduce: install
 	$(PY) -m pipeline stages=[reproduce] reproduce.run_id=$(RUN_ID) $(ARGS)
 
-## register a run's model as the champion (a finished sweep registers its best itself)
+## register a run's model as the champion (RUN_ID=<id>)
+## (a finished sweep registers its best itself)
 register: install
 	$(PY) -m pipeline stages=[register] register.run_id=$(RUN_ID) $(ARGS)
 
-## serve the champion on 127.0.0.1:5001 (SERVE_PORT=, MODEL=digits-classifier for another)
+## serve the champion on 127.0.0.1:5001 (SERVE_PORT=, MODEL=digits-classifier)
 serve: install
 	$(PY) -m pipeline.serve.model --model $(MODEL) --port $(SERVE_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
 
-## draw a digit, watch a network think: a page on 127.0.0.1:5002 (RUN_ID=, default the champion)
+## draw a digit, watch a network think: 127.0.0.1:5002 (RUN_ID=, DEMO_PORT=)
+## (default: the champion's run)
 demo: install
 	$(PY) -m pipeline.serve.demo --port $(DEMO_PORT) $(if $(RUN_ID),--run-id $(RUN_ID)) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
 
-## the MLflow UI over the project's store, on 127.0.0.1 (make ui PORT=5001 for another port)
+## the MLflow UI over the project's store on 127.0.0.1:5000 (PORT=5600)
 ui: install
 	$(PY) -m pipeline.serve.ui --port $(PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
-## a shared tracking server on PostgreSQL (the project's own cluster in mlruns/postgres/, or
-## DB=postgresql://…), artifacts proxied; on 127.0.0.1 unless HOST=0.0.0.0 ALLOWED_HOSTS=<name>
+## a shared tracking server on PostgreSQL, on 127.0.0.1 (DB=postgresql://…)
+## The project's own cluster in mlruns/postgres/ unless DB= is given; artifacts proxied;
+## beyond this machine: HOST=0.0.0.0 ALLOWED_HOSTS=<name>.
 server: install-extras
 	$(if $(DB),PIPELINE_DB="$$DB") $(PY) -m pipeline.serve.server --port $(PORT) --pg-port $(PG_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
-## a tracked sweep (SWEEP=grid|tweaks16|best|ablation|smoke); data is prepared once, first.
+## a tracked sweep (SWEEP=grid|tweaks16|best|ablation|smoke)
+## Data is prepared once, first.
 ## LAUNCHER=ray: on the Ray cluster at RAY_ADDRESS (a local one when unset; WORKERS=<n> CPUs);
 ## LAUNCHER=slurm (conf/hydra/launcher/slurm.yaml) or submitit_local; default: joblib, here
 sweep: $(if $(filter ray,$(LAUNCHER)),install-extras,install)
@@ -111,7 +116,7 @@ sweep: $(if $(filter ray,$(LAUNCHER)),install-extras,install)
 	  $(if $(and $(filter ray,$(LAUNCHER)),$(WORKERS)),++hydra.launcher.ray.init.num_cpus=$(WORKERS)) \
 	  $(ARGS)
 
-## an Optuna search (SEARCH=classic16|wide|smoke; WORKERS=<n> processes; resumable)
+## an Optuna search (SEARCH=classic16|wide|smoke; WORKERS=<n>; resumable)
 search: install
 	$(PY) -m pipeline search=$(SEARCH) $(if $(WORKERS),search.workers=$(WORKERS)) $(ARGS)
 
@@ -119,31 +124,33 @@ search: install
 # so the module fixtures (a trained run, a server) are made once. TEST_JOBS=1: one at a time.
 TEST_JOBS ?= auto
 
-## the whole test suite, slow tests on real MNIST, PostgreSQL and Ray included
+## the whole test suite: slow tests on real MNIST, PostgreSQL and Ray included
 test: install-extras
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
-## the suite without the slow tests (and without the optional extras: what needs them skips)
+## the suite without the slow tests (and without the optional extras)
 test-fast: install
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow" $(ARGS)
 
-## ruff (lint and format check) and mypy over the code; `make format` rewrites it in place
+## ruff (lint and format check) and mypy over the code
 lint: install
 	$(VENV)/bin/ruff check pipeline tests benchmarks
 	$(VENV)/bin/ruff format --check pipeline tests benchmarks
 	$(VENV)/bin/mypy
 
+## rewrite the code in place: ruff's fixes and formatting
 format: install
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
+## remove outputs/, multirun/ and .pytest_cache/ (never mlruns/ or data/)
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-## seconds per epoch on the real 60k MNIST, ours vs scikit-learn (and PyTorch if installed)
+## seconds per epoch on the real 60k MNIST, ours vs scikit-learn (and PyTorch)
 bench: install
 	$(PY) benchmarks/epoch_speed.py $(ARGS)
 
-## seconds a person waits: --help, a config error, make ui ready, make run by stage
+## seconds a person waits: --help, a bad value, make ui, make run by stage
 bench-cli: install
 	$(PY) benchmarks/cli_speed.py $(ARGS)

@@ -77,6 +77,9 @@ class TrainConfig(SGDConfig):
 @dataclass
 class BaselineConfig:
     name: str = "none"
+    # trained beside ours, each in a process of its own (the same runs, bit for bit); null:
+    # when this process has 2 cores and the memory for both, and is no sweep job
+    side_by_side: bool | None = None
 
 
 @dataclass
@@ -518,6 +521,14 @@ def override_error(error: Exception, argv: list[str] | None = None) -> str:
             ):
                 lines.append(line.rstrip("."))
                 break
+    if (
+        match := re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", str(error))
+    ) and "," in match[2]:
+        # a,b is Hydra's sweep syntax; a list is written [a,b] (quoted for the shell)
+        return (
+            f"{match[1]}={match[2]}: a list is written in brackets: '{match[1]}=[{match[2]}]' "
+            f"(a,b alone asks for a sweep over a and b: add --multirun)"
+        )
     cause = str(error.__cause__ or "")
     if match := re.match(r"Key '([^']+)' (is )?not in", cause):
         full_key = getattr(error.__cause__, "full_key", None) or match[1]

@@ -58,7 +58,7 @@ class NumpyMLP(Family):
     def note(self, cfg, n_train: int) -> str:
         kept = "the best validation epoch's" if cfg.train.keep == "best" else "the final epoch's"
         return (
-            f"This project's NumPy network {describe.layers(cfg.model)} ({cfg.model.activation} "
+            f"This project's NumPy network {describe.layers(cfg)} ({cfg.model.activation} "
             f"hidden units, {cfg.model.cost} cost, {cfg.model.init} init), trained by "
             f"mini-batch SGD ({describe.sgd(cfg.train, schedule=True)}) on "
             f"{describe.split(cfg.data, n_train)}; seed {cfg.seed}. It keeps {kept} weights. "

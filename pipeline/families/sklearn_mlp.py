@@ -108,7 +108,7 @@ class SklearnMLP(Family):
 
     def note(self, cfg, n_train: int) -> str:
         return (
-            f"scikit-learn's MLPClassifier {describe.layers(cfg.model)} ({cfg.model.activation} "
+            f"scikit-learn's MLPClassifier {describe.layers(cfg)} ({cfg.model.activation} "
             f"hidden units, softmax + log loss, its own init), trained by SGD with the same "
             f"{describe.sgd(cfg.train, schedule=False)} (L2 as alpha = λ·m/n) on "
             f"{describe.split(cfg.data, n_train)}; seed {cfg.seed}: the baseline for recipe "

@@ -97,9 +97,10 @@ def config_params(cfg, keys: list[str]) -> dict[str, str]:
     return params
 
 
-def layers(model_cfg) -> str:
-    """e.g. 'in-16-16-10'."""
-    return "-".join(map(str, ["in", *model_cfg.hidden_sizes, 10]))
+def layers(cfg) -> str:
+    """The network's layer sizes, its input's pixels first, e.g. '784-16-16-10'."""
+    pixels = DATASETS.get(cfg.data.name, {}).get("pixels", "in")
+    return "-".join(map(str, [pixels, *cfg.model.hidden_sizes, 10]))
 
 
 def split(data_cfg, n_train: int | None) -> str:

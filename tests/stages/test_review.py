@@ -45,14 +45,24 @@ def test_the_experiment_opens_in_the_model_training_view_with_a_description(trai
     # each dataset its own experiment, its description true to the data
     assert experiment.name == "digits"
     assert "8×8 = 64 pixels in" in experiment.tags["mlflow.note.content"]
+    # the runs view its links open on: both accuracies first, the best run first
+    view = json.loads(experiment.tags["mlflow.sharedViewState.review"])
+    assert view["orderByKey"] == "metrics.`test_accuracy`" and not view["orderByAsc"]
 
 
 def test_runs_are_named_and_described_for_a_person(trained):
     _, ours, theirs = trained
-    # The family first: the runs table cuts names at ~20 characters.
+    # The family first, then the recipe: the names show whole in the runs view.
     assert ours.info.run_name == "ours classic 16-16 sigmoid η=3 m=10"
     assert theirs.info.run_name == "sklearn classic 16-16 sigmoid η=3 m=10"
-    assert "NumPy network in-16-16-10" in ours.data.tags["mlflow.note.content"]
+    assert "NumPy network 64-16-16-10" in ours.data.tags["mlflow.note.content"]
+    assert "MLPClassifier 64-16-16-10" in theirs.data.tags["mlflow.note.content"]
+    # the pair first, in the first screen of each run's page
+    a, b = ours.data.metrics["test_accuracy"], theirs.data.metrics["test_accuracy"]
+    pair = f"**ours {a:.4f} · sklearn {b:.4f} · {100 * (a - b):+.2f} pt**"
+    for run in (ours, theirs):
+        assert run.data.tags["mlflow.note.content"].startswith(pair), run.data.tags
+        assert "[compare them](#/compare-runs?runs=" in run.data.tags["mlflow.note.content"]
     assert "final epoch's weights" in ours.data.tags["mlflow.note.content"]
     assert "MLPClassifier" in theirs.data.tags["mlflow.note.content"]
 

@@ -477,6 +477,7 @@ BAD_OVERRIDES = {
     "train.epochs=abc": "Value 'abc' of type 'str' could not be converted to Integer",
     "model.hidden_sizes=[100000,100000]": "weights and biases; training it needs about",
     "evaluate.misclassified=-1": "evaluate.misclassified=-1: must be a number ≥ 0",
+    "model.hidden_sizes=16,16": "a list is written in brackets: 'model.hidden_sizes=[16,16]'",
 }
 
 
