@@ -2,11 +2,14 @@
 
 The store, on the bundled 8×8 digits in one fresh experiment: a plain run (`make run`),
 a smoke sweep (which registers its best run as digits-classifier@champion), a smoke
-search (whose median pruner stops some trials) and an analysis of the plain run. Checks
-what a person reviewing it sees: the experiment opens in the model-training view; the
-runs table shows the named runs and, once picked in the column selector, the
-val_accuracy and test_accuracy columns; the sweep parent's row shows the winner's
-accuracy (either family); the parent expands to its children; a child's page shows its
+search (whose median pruner stops some trials) and an analysis of the plain run. A second
+experiment holds a `make run` pair alone. Checks what a person reviewing it sees: the
+links `make ui` prints open, in a fresh browser at 1440×900 with no click, the runs view:
+both accuracies of the pair on screen, the better first, and the sweep parent's row with
+the winner's accuracy (either family); the root link opens model training with the
+Assistant closed; a run's page opens on the pair and links their compare view; printed
+links follow the UI's port; the runs table shows the named runs and, once picked in the
+column selector, the val_accuracy and test_accuracy columns; the parent expands to its children; a child's page shows its
 params and test_accuracy; the compare view of an ours/scikit-learn pair shows every
 shared config param filled on both sides; the results by config render as a table; a
 pruned trial shows the status icon of a finished run, not a failed one; a run shows
