@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import config, interrupts, logs
+from pipeline import config, interrupts, logs, progress
 from pipeline.errors import RunFailed, user_error
 from pipeline.paths import PROJECT_ROOT
 from pipeline.stages import STAGES, module
@@ -43,7 +43,11 @@ def run_stages(cfg: DictConfig, summary: bool = False) -> dict:
     for stage in cfg.stages:
         log.info("stage %s", stage)
         started = time.perf_counter()
-        results[stage] = importlib.import_module(module(stage)).run(cfg, results)
+        stage_module = importlib.import_module(module(stage))
+        # the handlers and levels its libraries set on import (Optuna's INFO)
+        logs.quiet_libraries(cfg.verbose)
+        progress.logs_above_bars()
+        results[stage] = stage_module.run(cfg, results)
         log.info("stage %s done in %.2f s", stage, time.perf_counter() - started)
     if summary and results.get("train"):
         from pipeline.tracking import runs
@@ -63,6 +67,7 @@ def main(cfg: DictConfig) -> None:
     interrupts.install(before_raising=interrupts.stop_descendants)
     logs.redact_all_handlers()
     logs.quiet_libraries(cfg.verbose)
+    progress.logs_above_bars()  # Hydra made this job's handlers: its lines above any bar
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:

@@ -554,10 +554,10 @@ def summarize(cfg, study: optuna.Study, parent: str) -> None:
         client.set_terminated(parent, "FAILED")
         raise
     if table is not None:
-        shown = table.drop(columns=["run_id", "run_name", "failure_reason"]).dropna(
-            axis=1, how="all"
-        )
-        print(shown.to_string(index=False))
+        trial_of = {t.user_attrs.get("mlflow_run_id"): t.number for t in trials}
+        numbered = table.assign(trial=table.run_id.map(trial_of).astype("Int64"))
+        preset = study.study_name.rsplit("-", 1)[0]
+        print("\n".join(parents.summary_lines(numbered, f"search {preset}")))
     log.info(
         "search: %d trials done (%d pruned, at epoch %.1f on average); summary on parent run %s",
         len(done),

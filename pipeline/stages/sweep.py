@@ -209,10 +209,7 @@ class SweepCallback(Callback):
             "sweep: %d jobs, %d failed; summary on parent run %s", len(results), len(failed), parent
         )
         if table is not None:
-            shown = table.drop(columns=["run_id", "run_name", "failure_reason"]).dropna(
-                axis=1, how="all"
-            )
-            print(shown.to_string(index=False))
+            print("\n".join(parents.summary_lines(table, f"sweep {preset_name(config)}")))
         if failed:  # a script must notice: exit non-zero, after the summary
             word = "all" if len(failed) == len(results) else f"{len(failed)} of"
             log.error(
@@ -342,9 +339,14 @@ def open_parent(config, sweep_dir: Path) -> str:
     fixed = held_fixed(config, grid)
     tags["mlflow.note.content"] = (
         f"Sweep `{preset}` (conf/sweep/{preset}.yaml): {grid_text}. Held fixed: {fixed}. "
-        "Each child is one config (ours and, if on, scikit-learn's MLPClassifier); the summary "
-        "(summary/results.md, plots) and the best child of each family are logged here when "
-        "the sweep ends."
+        "Each child is one config (ours and, if on, scikit-learn's MLPClassifier). When the "
+        "sweep ends, its summary is logged here: the winner's metrics (the best child by "
+        "val_accuracy, either family) and each family's best (best_<family>_*); under "
+        "summary/ the results by config, ours and scikit-learn side by side "
+        "(results_by_config.json, a table in Artifacts), every child (results.csv), seed "
+        "means if several seeds ran (seed_means.csv), the best runs' val_accuracy by epoch "
+        "(val_accuracy_by_epoch.png) and test accuracy against the hidden sizes, learning "
+        "rate or batch size if swept (test_accuracy_vs_<setting>.png)."
     )
     run = client.create_run(experiment_id, run_name=f"sweep {preset}", tags=tags)
     client.log_param(run.info.run_id, "sweep.held_fixed", fixed[:6000])

@@ -5,13 +5,15 @@ A summary on the parent run: its metrics and tags are the winner's (the best chi
 validation, either family), plus each family's best as best_<label>_*; the results by
 config, ours and scikit-learn side by side, as a table the UI renders (the full table as
 CSV); seed means when several seeds ran; validation accuracy by epoch of the best few;
-plots of test accuracy against each swept setting.
+plots of test accuracy against each swept setting (a search's trials as points). In the
+terminal, the same children as a table best first, the winner marked (summary_lines).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import textwrap
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -30,7 +32,10 @@ PLOTTED = ("hidden_sizes", "learning_rate", "batch_size")
 def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
     """Log the results table, best child and plots to the parent run; return the table."""
     client = mlflow.MlflowClient()
-    experiment_id = client.get_run(parent).info.experiment_id
+    parent_run = client.get_run(parent)
+    experiment_id = parent_run.info.experiment_id
+    # A search's trials are random points, not a grid: no line through their means.
+    sampled = parent_run.data.tags.get("kind") == "search"
     children = mlflow.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     reused = [run_id for r in results for run_id in r.get("runs", [])]
     if reused:  # runs skipped on a rerun belong to an earlier parent but to this sweep too
@@ -74,7 +79,7 @@ def summarize(parent: str, results: list[dict]) -> pd.DataFrame | None:
             mlflow.log_table(means.round(4), "summary/seed_means.json")
         for setting in PLOTTED:
             if table[setting].nunique() > 1:
-                fig = accuracy_plot(table, setting)
+                fig = accuracy_plot(table, setting, sampled=sampled)
                 mlflow.log_figure(fig, f"summary/test_accuracy_vs_{setting}.png")
                 plt.close(fig)
     return table
@@ -248,8 +253,11 @@ def seed_means(table: pd.DataFrame) -> pd.DataFrame:
     return means.sort_values(["family", "test_accuracy_mean"], ascending=[True, False])
 
 
-def accuracy_plot(table: pd.DataFrame, setting: str):
-    """Mean test accuracy against one setting: a line per activation, the baseline dashed."""
+def accuracy_plot(table: pd.DataFrame, setting: str, sampled: bool = False):
+    """Test accuracy against one setting, a colour per activation, ours and scikit-learn's
+    by marker. A grid (a sweep): a line through the mean of each value, the baseline
+    dashed. Sampled (a search's trials): a point per trial and no line, since the other
+    settings differ at random from point to point."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     done = finished(table)
     order = sorted(done[setting].unique(), key=_sort_key)
@@ -258,20 +266,34 @@ def accuracy_plot(table: pd.DataFrame, setting: str):
             rows = done[(done.activation == activation) & (done.family == family)]
             if rows.empty:
                 continue
-            means = rows.groupby(setting).test_accuracy.mean().reindex(order).dropna()
-            x = means.index if setting != "hidden_sizes" else [order.index(v) for v in means.index]
             label = f"{activation} ({'ours' if family == 'numpy_mlp' else 'scikit-learn'})"
+            if sampled:
+                x = _positions(rows[setting], order, setting)
+                ax.scatter(x, rows.test_accuracy, marker=style[-1], color=f"C{i}", label=label)
+                continue
+            means = rows.groupby(setting).test_accuracy.mean().reindex(order).dropna()
+            x = _positions(means.index, order, setting)
             ax.plot(x, means.values, style, color=f"C{i}", label=label)
     if setting == "hidden_sizes":
         ax.set_xticks(range(len(order)), [plots.layer_label(v) for v in order])
     if setting == "learning_rate":
         ax.set_xscale("log")
     ax.set_xlabel(setting.replace("_", " ") + (" (η)" if setting == "learning_rate" else ""))
-    ax.set_ylabel("test accuracy (mean over the other settings)")
+    ax.set_ylabel(
+        "test accuracy (a point per finished trial)"
+        if sampled
+        else "test accuracy (mean over the other settings)"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _positions(values, order: list, setting: str) -> list:
+    """Where values of `setting` go on the x axis: hidden sizes (text such as '[16, 16]')
+    at their place in `order`, numbers at themselves."""
+    return [order.index(v) for v in values] if setting == "hidden_sizes" else list(values)
 
 
 def _sort_key(value):
@@ -279,3 +301,135 @@ def _sort_key(value):
         return (0, sum(json.loads(value)), value) if isinstance(value, str) else (0, value, "")
     except (TypeError, ValueError):
         return (1, 0, str(value))
+
+
+# ---- the summary in the terminal -------------------------------------------------------
+
+WIDTH = 100  # the longest line printed
+WINNER = "★"
+# The printed table's headers where results.csv's names are long; right-aligned columns.
+HEADERS = {"label": "family", "hidden_sizes": "hidden", "learning_rate": "lr"}
+HEADERS |= {"batch_size": "batch", "val_accuracy": "val_acc", "test_accuracy": "test_acc"}
+HEADERS |= {"train_seconds": "train_s"}
+NAMED = [key.rpartition(".")[2] for key in describe.SHOWN]  # hidden sizes, activation, η, batch
+NUMBERS = {"trial", "epochs", "batch_size", "learning_rate", "momentum", "l2", "seed", *SCORES}
+
+
+def summary_lines(table: pd.DataFrame, title: str) -> list[str]:
+    """The children for a terminal, in at most WIDTH columns: best first by validation
+    accuracy (the selection; test is shown, never used), accuracies to 4 decimals, train
+    seconds to 2 (1 from 10 s); the winner (best_child, the parent's best_child_run_id)
+    marked ★ and named under the table. The columns are what differs between the children:
+    a setting the same in all of them, or in all of each family's, is said once above the
+    table. A `trial` column in `table` (a search's trial numbers) comes first."""
+    winner = best_child(table)
+    rows = table.assign(_winner=table.run_id == (winner.run_id if winner is not None else None))
+    rows = rows.sort_values(  # the winner first among equals: best_child took the first
+        ["val_accuracy", "_winner", "test_accuracy"], ascending=False, na_position="last"
+    ).reset_index(drop=True)
+    cells = {c: [_cell(c, v) for v in rows[c]] for c in ["label", *SETTINGS]}
+    shared, per_family, differ = _what_differs(cells, rows.label.fillna("—"))
+
+    columns = {"trial": [_cell("trial", v) for v in rows.trial]} if "trial" in rows else {}
+    columns |= {c: cells[c] for c in differ}
+    keys = [c for c in ("trial", *differ) if c in rows]
+    if rows.duplicated(keys).any() if keys else len(rows) > 1:
+        # Runs the columns cannot tell apart (rows of an ablation): what their names vary.
+        columns["run"] = list(rows.run_name.str.split(" ", n=1).str[1].str.split(" · ").str[0])
+    columns |= {m: [_cell(m, v) for v in rows[m]] for m in SCORES}
+    status = rows.stopped.where(rows.stopped.notna(), rows.status.str.lower())
+    if (status != "finished").any():  # pruned trials, failed or killed runs
+        columns["status"] = list(status.fillna("—"))
+    # Too wide: settings go, the last first, those a run's name shows (η…) last of all.
+    droppable = sorted(differ, key=lambda c: (c not in NAMED, differ.index(c)), reverse=True)
+    while _width(columns) > WIDTH and droppable:
+        del columns[droppable.pop(0)]
+
+    lines = [f"{title}: {len(rows)} runs, best first by val_acc (selection is on validation)"]
+    lines += _wrapped("same in all: ", ", ".join(shared))
+    lines += _wrapped(
+        "per family: ", "; ".join(f"{label} {', '.join(s)}" for label, s in per_family.items())
+    )
+    dropped = [c for c in differ if c not in columns]
+    lines += _wrapped("not shown (see summary/results.csv): ", ", ".join(dropped))
+    lines += _table(columns, [WINNER if w else " " for w in rows._winner])
+    if winner is None:
+        lines.append("no winner: no run finished all its epochs")
+    else:
+        scores = (
+            f": val_acc {_cell('val_accuracy', winner.val_accuracy)}, "
+            f"test_acc {_cell('test_accuracy', winner.test_accuracy)}"
+        )
+        name = _cut(str(winner.run_name), WIDTH - len(f"{WINNER} winner ") - len(scores))
+        lines += [f"{WINNER} winner {name}{scores}", f"  run {winner.run_id}"]
+    return [_cut(text, WIDTH) for text in lines]
+
+
+def _what_differs(
+    cells: dict[str, list[str]], labels: pd.Series
+) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Of the printed values of each column (the family's label and the settings): the
+    columns with one value in all rows ('key=value'), those with one value in each family
+    ({label: ['key=value', …]}: scikit-learn's cost and init are not ours), and the
+    columns whose values differ otherwise, which the table shows."""
+    shared: list[str] = []
+    per_family: dict[str, list[str]] = {}
+    differ: list[str] = []
+    for column, values in cells.items():
+        by_family = pd.Series(values).groupby(labels.values)
+        if len(set(values)) == 1:
+            name = "family" if column == "label" else column
+            shared += [] if values[0] == "—" else [f"{name}={values[0]}"]
+        elif column != "label" and by_family.nunique().max() == 1:
+            for label, value in by_family.first().items():
+                if value != "—":  # a setting that family does not have
+                    per_family.setdefault(str(label), []).append(f"{column}={value}")
+        else:
+            differ.append(column)
+    return shared, per_family, differ
+
+
+def _table(columns: dict[str, list[str]], marks: list[str]) -> list[str]:
+    """A header and a row per mark: numbers right-aligned, text left-aligned."""
+    widths = {c: max(len(HEADERS.get(c, c)), *map(len, v)) for c, v in columns.items()}
+
+    def line(mark: str, texts) -> str:
+        aligned = [
+            t.rjust(widths[c]) if c in NUMBERS else t.ljust(widths[c])
+            for c, t in zip(columns, texts)
+        ]
+        return "  ".join([mark, *aligned]).rstrip()
+
+    header = line(" ", [HEADERS.get(c, c) for c in columns])
+    return [header, *(line(mark, texts) for mark, texts in zip(marks, zip(*columns.values())))]
+
+
+def _cell(column: str, value) -> str:
+    """A value of the results table as the printed summary shows it: accuracies to 4
+    decimals, seconds to 2 (1 from 10 s), hidden sizes as 16-16, other numbers to 3
+    significant digits; '—' where there is none."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "—"
+    if column in ("val_accuracy", "test_accuracy"):
+        return f"{value:.4f}"
+    if column == "train_seconds":
+        return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+    if column == "hidden_sizes":
+        return plots.layer_label(value)
+    if isinstance(value, float):  # numpy's float64 is one: η 0.0793, momentum 0.9, l2 5
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _width(columns: dict[str, list[str]]) -> int:
+    """The printed table's width: the mark, then each column and two spaces before it."""
+    return 1 + sum(2 + max(len(HEADERS.get(c, c)), *map(len, v)) for c, v in columns.items())
+
+
+def _wrapped(lead: str, text: str) -> list[str]:
+    """'lead text' in lines of at most WIDTH, continued indented; nothing for no text."""
+    return textwrap.wrap(lead + text, WIDTH, subsequent_indent="  ") if text else []
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"

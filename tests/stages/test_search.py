@@ -4,6 +4,7 @@ storage and in MLflow: one child per trial, pruned ones shown as such, resumable
 import pytest
 from helpers import free_port, run_app, tracking_server_down
 from helpers.search import check_one_child_per_trial, search_runs, the_study
+from helpers.summary import printed_summary
 from mlflow.tracking import MlflowClient
 
 from pipeline import config
@@ -42,6 +43,12 @@ def test_a_search_is_one_parent_with_a_child_per_trial_and_resumes(tmp_path):
     assert parent.data.metrics["trials_pruned"] == states["PRUNED"]
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/trials.csv", "summary/results_by_config.json"} <= artifacts
+    # The terminal's summary: trials best first by val_acc, the winner marked ★.
+    rows = printed_summary(done.stdout, parent.data.tags["best_child_run_id"], children)
+    trial_of = {str(t.number): t.user_attrs.get("mlflow_run_id") for t in study.trials}
+    (marked,) = [r for r in rows if r["mark"] == "★"]
+    assert trial_of[marked["trial"]] == parent.data.tags["best_child_run_id"]
+    assert sum(r["status"] == "pruned" for r in rows) == states["PRUNED"]
 
     # The same command again: the study is complete, nothing is trained twice.
     again = search(tmp_path)

@@ -17,6 +17,7 @@ from helpers import (
     tracking_server_down,
     wait_for,
 )
+from helpers.summary import printed_summary
 from mlflow.tracking import MlflowClient
 
 from pipeline.paths import PROJECT_ROOT
@@ -115,6 +116,19 @@ def test_smoke_sweep_on_a_fresh_store_links_children_summarizes_and_a_rerun_skip
     table = json.loads(Path(by_config).read_text())
     assert table["columns"] == RESULTS_BY_CONFIG_COLUMNS
     assert len(table["data"]) == 2  # one row per config: ours and scikit-learn side by side
+    # Its description names what it logs (no summary/results.md, which it never wrote).
+    note = tags["mlflow.note.content"]
+    assert "results.md" not in note
+    plot = re.compile(r"test_accuracy_vs_\w+\.png")
+    assert all(Path(a).name in note or plot.fullmatch(Path(a).name) for a in summary)
+    assert "test_accuracy_vs_<setting>.png" in note
+    # The terminal's summary: best first by val_acc, 4 decimals, the winner marked ★.
+    rows = printed_summary(
+        result.stdout, tags["best_child_run_id"], {r: client.get_run(r) for r in children.run_id}
+    )
+    assert {r["family"] for r in rows} == {"ours", "sklearn"}
+    assert {r["hidden"] for r in rows} == {"8", "16"}  # what varies; the rest said once
+    assert "cost" not in rows[0] and "per family: ours cost=quadratic" in result.stdout
 
     assert _sweep(tmp_path, db).returncode == 0  # again: nothing is trained twice
     again = _runs(db)
