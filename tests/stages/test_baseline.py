@@ -83,6 +83,7 @@ def test_a_3_epoch_run_with_l2_logs_the_mapped_alpha_and_shuffles_afresh_every_e
         "train.batch_size=10",
         "stages=[preprocess,train]",
         "tracking.log_model=false",
+        "baseline.side_by_side=false",  # trained here, where the shuffles are recorded
     )
     run_stages(cfg)
     n_train = len(dataset.load(cfg.data).y("train"))

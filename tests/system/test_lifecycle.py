@@ -217,14 +217,22 @@ def test_a_collapse_to_chance_ends_failed_and_the_baseline_still_trains(make_cfg
     assert run.info.status == "FAILED" and "collapsed to chance" in run.data.tags["failure_reason"]
 
 
-def test_a_baseline_divergence_fails_its_run_while_ours_is_still_evaluated(make_cfg, monkeypatch):
+@pytest.mark.parametrize("side_by_side", ["false", "true"])
+def test_a_baseline_divergence_fails_its_run_while_ours_is_still_evaluated(
+    make_cfg, monkeypatch, side_by_side
+):
     from sklearn.neural_network import MLPClassifier
 
     def diverge(self, *args, **kwargs):
         raise ValueError("Solver produced non-finite parameter weights.")
 
     monkeypatch.setattr(MLPClassifier, "partial_fit", diverge)
-    cfg = make_cfg("data=digits", "train.epochs=3", "stages=[preprocess,train,evaluate]")
+    cfg = make_cfg(
+        "data=digits",
+        "train.epochs=3",
+        "stages=[preprocess,train,evaluate]",
+        f"baseline.side_by_side={side_by_side}",
+    )
     with pytest.raises(RunFailed, match="1 run.*sklearn_mlp: MLPClassifier diverged"):
         run_stages(cfg)
     runs = {

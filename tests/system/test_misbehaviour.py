@@ -26,6 +26,7 @@ from helpers import TRAIN_ONCE, WAIT, free_port, run_app, sqlite_rows, wait_for
 from helpers.ui import serving_ui, ui_env
 from mlflow.tracking import MlflowClient
 
+from pipeline import interrupts
 from pipeline.app import run_stages
 from pipeline.data import download
 from pipeline.errors import PipelineError
@@ -99,6 +100,7 @@ def test_ctrl_c_during_the_baseline_ends_its_run_killed_not_finished(tmp_path):
         "train.learning_rate=0.1",
         "model.hidden_sizes=[1000,1000]",
         "tracking.log_model=false",
+        "baseline.side_by_side=false",  # ours first, then the baseline (side by side: below)
         popen=True,
     )
     wait_for(
@@ -119,8 +121,9 @@ def test_ctrl_c_during_the_baseline_ends_its_run_killed_not_finished(tmp_path):
     assert runs["sklearn_mlp"][1]["failure_reason"] == "interrupted by SIGINT (Ctrl-C)"
 
 
+@pytest.mark.parametrize("side_by_side", ["false", "true"])
 def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_killed(
-    make_cfg, monkeypatch
+    make_cfg, monkeypatch, side_by_side
 ):
     """Ctrl-C in a process without the app's handler (a notebook): MLPClassifier catches
     the KeyboardInterrupt mid-epoch; the run must not end FINISHED half-trained."""
@@ -136,7 +139,11 @@ def test_a_keyboard_interrupt_that_scikit_learn_swallows_still_ends_the_run_kill
 
     monkeypatch.setattr(MLPClassifier, "_backprop", interrupted_on_the_fifth_batch)
     cfg = make_cfg(
-        "data=digits", "stages=[preprocess,train]", "train.epochs=2", "tracking.log_model=false"
+        "data=digits",
+        "stages=[preprocess,train]",
+        "train.epochs=2",
+        "tracking.log_model=false",
+        f"baseline.side_by_side={side_by_side}",  # true: in its own process, which says so
     )
     with pytest.raises(KeyboardInterrupt):
         run_stages(cfg)
@@ -170,6 +177,78 @@ def test_sigterm_during_training_ends_the_run_killed_and_exits_143(tmp_path):
     assert "Traceback" not in output
     ((name, status, tags),) = _runs(db)
     assert status == "KILLED" and tags["failure_reason"].startswith("interrupted by SIGTERM")
+
+
+def _two_training(db: Path) -> bool:
+    """Both families' runs RUNNING with an epoch logged."""
+    return {
+        tags.get("model_family")
+        for _, status, tags in _runs(db)
+        if status == "RUNNING" and tags.get("(epochs logged)", 0)
+    } == {"numpy_mlp", "sklearn_mlp"}
+
+
+@pytest.mark.parametrize(
+    "signum,group,code",
+    [
+        (signal.SIGINT, True, 130),  # Ctrl-C: the terminal signals the whole process group
+        (signal.SIGTERM, False, 143),  # `kill <pid>`: the app alone, which passes it on
+    ],
+)
+def test_a_stop_signal_while_both_train_side_by_side_ends_both_runs_killed(
+    tmp_path, signum, group, code
+):
+    db = tmp_path / "s.db"
+    app = _app(
+        tmp_path,
+        f"sqlite:///{db}",
+        "stages=[preprocess,train]",
+        "train.epochs=100000",
+        "baseline.side_by_side=true",
+        popen=True,
+    )
+    wait_for("both families training", lambda: _two_training(db), app)
+    if group:
+        os.killpg(app.pid, signum)
+    else:
+        app.send_signal(signum)
+    try:
+        output, _ = app.communicate(timeout=WAIT)
+        # its processes ended with it: none left training, orphaned
+        assert not _group_alive(app.pid), _group_alive(app.pid)
+    finally:
+        _stopped(app)
+    assert app.returncode == code, output[-3000:]
+    reason = interrupts.STOP_SIGNALS[signum]
+    assert "Traceback" not in output and f"interrupted by {reason}: stopped; run(s)" in output
+    assert "again: still closing" not in output  # one Ctrl-C, though it reaches them twice
+    runs = {tags["model_family"]: (status, tags) for _, status, tags in _runs(db)}
+    for family, (status, tags) in runs.items():
+        assert status == "KILLED" and tags["failure_reason"] == f"interrupted by {reason}", family
+        assert tags["pid"] != str(app.pid)  # trained in a process of its own
+    assert len(runs) == 2
+
+
+def test_a_side_by_side_app_killed_by_sigkill_leaves_no_worker_and_no_run_running(tmp_path):
+    """SIGKILL cannot be passed on: each worker notices its parent gone and stops itself."""
+    db = tmp_path / "s.db"
+    app = _app(
+        tmp_path,
+        f"sqlite:///{db}",
+        "stages=[preprocess,train]",
+        "train.epochs=100000",
+        "baseline.side_by_side=true",
+        popen=True,
+    )
+    try:
+        wait_for("both families training", lambda: _two_training(db), app)
+        app.send_signal(signal.SIGKILL)
+        app.wait()
+        wait_for("the workers to end", lambda: not _group_alive(app.pid), seconds=60)
+    finally:
+        _stopped(app)
+    statuses = [(s, t.get("failure_reason", "")) for _, s, t in _runs(db)]
+    assert len(statuses) == 2 and all(s == "KILLED" and why for s, why in statuses), statuses
 
 
 def _sweep(tmp_path, db: Path, launcher: str = "joblib"):
