@@ -115,6 +115,7 @@ class AnalyzeConfig:
     learning_rates: list[float] = field(default_factory=lambda: [0.05, 0.5, 3.0, 30.0, 300.0])
     lr_epochs: int = 15
     seeds: int = 5
+    workers: int | None = None  # processes training side by side (None: one per core)
 
 
 @dataclass

@@ -1,16 +1,20 @@
 """An analysis report: sections, figures, tables and metrics collected as Markdown, logged
 at the end to the active run as analysis.md and as one self-contained analysis.html
-(figures inline), which MLflow's artifact viewer shows whole."""
+(figures inline), which MLflow's artifact viewer shows whole. A value that is missing (NaN:
+the spread of a single run, the final cost of a training that diverged) shows as —."""
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+
+MISSING = "—"  # how a missing value (NaN) shows in the report
 
 
 class Report:
@@ -18,8 +22,11 @@ class Report:
     the end. The HTML page carries its figures inline, so MLflow's artifact viewer shows
     the whole report; the PNGs are logged beside it too."""
 
-    def __init__(self, folder: Path, run_id: str):
-        self.folder, self.lines = folder, [f"# Analysis of run `{run_id}`", ""]
+    def __init__(self, folder: Path, title: str, subtitle: str = ""):
+        """A report headed `title` (e.g. the analysed run's name), with `subtitle` (its id,
+        …) under it in a paragraph of its own."""
+        self.folder, self.title = folder, title
+        self.lines = [f"# {title}", ""] + ([subtitle, ""] if subtitle else [])
         self.values: dict[str, float] = {}  # every metric reported, for the headline
 
     def section(self, title: str, text: str) -> None:
@@ -33,12 +40,18 @@ class Report:
     def table(self, table: pd.DataFrame, name: str) -> None:
         """A table in the report, and as CSV beside it."""
         table.to_csv(self.folder / name, index=False)
-        self.lines += table.to_markdown(index=False, floatfmt=".4f").splitlines() + [""]
+        shown = table.astype(object).where(table.notna(), None)  # NaN → None → MISSING
+        self.lines += shown.to_markdown(
+            index=False, floatfmt=".4f", missingval=MISSING
+        ).splitlines() + [""]
 
     def metrics(self, values: dict) -> None:
         mlflow.log_metrics(values)
         self.values.update(values)
-        self.lines += [f"- `{k}` = {v:.4g}" for k, v in values.items()] + [""]
+        self.lines += [
+            f"- `{k}` = {v:.4g}" if math.isfinite(v) else f"- `{k}` = {MISSING}"
+            for k, v in values.items()
+        ] + [""]
 
     def log(self) -> None:
         (self.folder / "analysis.md").write_text("\n".join(self.lines))
@@ -86,7 +99,8 @@ class Report:
             elif line:
                 body.append(f"<p>{_inline(line)}</p>")
         return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>Analysis</title></head>"
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.title)}</title></head>"
             "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>"
             + "\n".join(body)
             + "</body></html>"
