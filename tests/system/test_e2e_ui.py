@@ -1,23 +1,23 @@
 """End to end: a store made as a user makes it, then `python -m pipeline.serve.ui`, then Chromium.
 
-The store, on the bundled 8×8 digits in one fresh experiment: a plain run (`make run`),
-a smoke sweep (which registers its best run as digits-classifier@champion), a smoke
-search (whose median pruner stops some trials) and an analysis of the plain run. A second
-experiment holds a `make run` pair alone. Checks what a person reviewing it sees: the
-links `make ui` prints open, in a fresh browser at 1440×900 with no click, the runs view:
-both accuracies of the pair on screen, the better first, and the sweep parent's row with
-the winner's accuracy (either family); the root link opens model training with the
-Assistant closed; a run's page opens on the pair and links their compare view; printed
-links follow the UI's port; the runs table shows the named runs and, once picked in the
-column selector, the val_accuracy and test_accuracy columns; the parent expands to its children; a child's page shows its
-params and test_accuracy; the compare view of an ours/scikit-learn pair shows every
-shared config param filled on both sides; the results by config render as a table; a
-pruned trial shows the status icon of a finished run, not a failed one; a run shows
-both families' learning curves on one chart; the parent's summary plots are among its
-artifacts; the registered model page shows the champion alias on its version; the
-analysis run's report/analysis.html renders in the artifact view. Screenshots go to
-test-artifacts/e2e/. Needs Debian's chromium (apt-get install chromium chromium-driver);
-without it the test skips, except under CI=true, where that is a failure.
+The store, on the bundled 8×8 digits in one fresh experiment: a plain run (`make run`), a
+smoke sweep (which registers its best run as digits-classifier@champion), a smoke search
+(whose median pruner stops some trials) and an analysis of the plain run. A second
+experiment holds a `make run` pair alone. Checks what a person reviewing it sees: the links
+`make ui` prints open, in a fresh browser at 1440×900 with no click, the runs view: both
+accuracies of the pair on screen, the better first, and the sweep parent's row with the
+winner's accuracy (either family); the root link opens model training with the Assistant
+closed; a run's page opens on the pair and links their compare view; printed links follow
+the UI's port; the runs table shows the named runs and, once picked in the column selector,
+the val_accuracy and test_accuracy columns; the parent expands to its children; a child's
+page shows its params and test_accuracy; the compare view of an ours/scikit-learn pair shows
+every shared config param filled on both sides; the results by config render as a table; a
+pruned trial shows the status icon of a finished run, not a failed one; a run shows both
+families' learning curves on one chart; the parent's summary plots are among its artifacts;
+the registered model page shows the champion alias on its version; the analysis run's
+report/analysis.html renders in the artifact view. Screenshots go to test-artifacts/e2e/.
+Needs Debian's chromium (apt-get install chromium chromium-driver); without it the test
+skips, except under CI=true, where that is a failure.
 """
 
 from __future__ import annotations
