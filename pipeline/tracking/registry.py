@@ -120,7 +120,7 @@ def register(run_id: str, model_name: str | None = None, alias: str = "champion"
     log.info(
         "register: %s version %s (run %s) is now @%s", model_name, version.version, run_id, alias
     )
-    return str(version.version)
+    return version.version
 
 
 def validation_split(run) -> str:

@@ -107,8 +107,16 @@ def set_view(experiment_id: str, tags: dict[str, str] | None = None) -> None:
     if tags is None:
         tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
     for key, value in links.view_tags().items():
-        if tags.get(key) != value:
+        if tags.get(key) == value:
+            continue
+        try:
             mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
+        except mlflow.exceptions.MlflowException as e:
+            # Two first runs at once: both insert the tag, the later loses (SQLite: "UNIQUE
+            # constraint failed"; PostgreSQL: "violates unique constraint"); the winner's
+            # value is the same view.
+            if "unique constraint" not in str(e).lower():
+                raise
 
 
 def initialise_sqlite(uri: str) -> None:

@@ -178,6 +178,7 @@ def test_a_search_parent_logs_its_plots_as_points(monkeypatch):
     """parents.summarize draws points for a parent tagged kind=search, lines for a sweep."""
     client = MlflowClient()
     experiment = client.create_experiment("plots")
+    mlflow.set_experiment(experiment_id=experiment)  # another test's may be the active one
     drawn: dict[str, list] = {}
 
     def log_figure(fig, path):  # what the plot holds, not its pixels
