@@ -188,6 +188,18 @@ def _two_training(db: Path) -> bool:
     } == {"numpy_mlp", "sklearn_mlp"}
 
 
+def _training_side_by_side(tmp_path, db):
+    """The app training both families side by side for as long as it is let, started."""
+    return _app(
+        tmp_path,
+        f"sqlite:///{db}",
+        "stages=[preprocess,train]",
+        "train.epochs=100000",
+        "baseline.side_by_side=true",
+        popen=True,
+    )
+
+
 @pytest.mark.parametrize(
     "signum,group,code",
     [
@@ -199,14 +211,7 @@ def test_a_stop_signal_while_both_train_side_by_side_ends_both_runs_killed(
     tmp_path, signum, group, code
 ):
     db = tmp_path / "s.db"
-    app = _app(
-        tmp_path,
-        f"sqlite:///{db}",
-        "stages=[preprocess,train]",
-        "train.epochs=100000",
-        "baseline.side_by_side=true",
-        popen=True,
-    )
+    app = _training_side_by_side(tmp_path, db)
     wait_for("both families training", lambda: _two_training(db), app)
     if group:
         os.killpg(app.pid, signum)
@@ -232,14 +237,7 @@ def test_a_stop_signal_while_both_train_side_by_side_ends_both_runs_killed(
 def test_a_side_by_side_app_killed_by_sigkill_leaves_no_worker_and_no_run_running(tmp_path):
     """SIGKILL cannot be passed on: each worker notices its parent gone and stops itself."""
     db = tmp_path / "s.db"
-    app = _app(
-        tmp_path,
-        f"sqlite:///{db}",
-        "stages=[preprocess,train]",
-        "train.epochs=100000",
-        "baseline.side_by_side=true",
-        popen=True,
-    )
+    app = _training_side_by_side(tmp_path, db)
     try:
         wait_for("both families training", lambda: _two_training(db), app)
         app.send_signal(signal.SIGKILL)
