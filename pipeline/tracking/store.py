@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sqlite3
-import tempfile
-import time
+import stat
 from contextlib import closing
 from pathlib import Path
 
@@ -38,7 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg) -> str:
-    return store_uri(cfg.paths.mlruns_dir)
+    """The store's URI (store_uri), checked the first time this process asks: a mistaken
+    MLFLOW_TRACKING_URI is one line (urls.check_tracking_uri) before MLflow opens anything."""
+    from pipeline.tracking import urls
+
+    uri = store_uri(cfg.paths.mlruns_dir)
+    urls.check_tracking_uri_once(uri)
+    return uri
 
 
 def store_uri(mlruns_dir: str) -> str:
@@ -125,9 +131,10 @@ def initialise_sqlite(uri: str) -> None:
     MLflow builds a new store in steps (the tables, then some 60 migrations), and a
     process stopped half-way left a file every later run failed on ('duplicate column
     name: step'). So a new store is built in a temp file beside it and renamed into place
-    once whole, under a file lock (two first runs at once build it once). An existing
-    store must be at MLflow's schema version: a half-made one without runs (older code,
-    a killed build) is moved aside and built again; one with runs is named, with the fix.
+    once whole, under a file lock (two first runs at once build it once). Only a missing
+    or empty (0-byte) file is built over: an existing store the pipeline cannot use
+    (damaged, not SQLite, another schema) is never moved or rebuilt, since nobody can tell
+    what it held; it is named, with what is wrong and the fix, and left as it is.
     """
     if uri in _READY_STORES:
         return
@@ -146,47 +153,66 @@ def initialise_sqlite(uri: str) -> None:
         remove_orphaned_temp_files(db.parent)  # a build killed half-way
         if not db.exists() or db.stat().st_size == 0:
             _build_sqlite_store(db)
-        elif problem := _schema_problem(db):
-            if _holds_runs(db):
-                raise PipelineError(
-                    f"the MLflow store {db} is not usable ({problem}). Back it up, then "
-                    f"upgrade it: mlflow db upgrade sqlite:///{db} (or set paths.mlruns_dir "
-                    "to a new folder)"
-                )
-            aside = db.with_name(f"{db.name}.half-made-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(db, aside)
-            log.warning(
-                "the MLflow store %s was half-made (%s) and held no runs: moved aside "
-                "to %s and built again",
-                db,
-                problem,
-                aside.name,
+        elif damage := _damage(db):
+            raise PipelineError(unreadable_store(db, damage))
+        elif (problem := _schema_problem(db)) and not _holds_schema_version(db):
+            raise PipelineError(
+                f"the MLflow store {db} {problem}: it is not an MLflow store, or one whose "
+                "making was stopped; nothing was changed. Point paths.mlruns_dir (or "
+                "MLFLOW_TRACKING_URI) at another store or, if it holds nothing you need, "
+                f"move it aside (mv {db} {db}.old)"
             )
-            _build_sqlite_store(db)
+        elif problem:
+            raise PipelineError(
+                f"the MLflow store {db} is not usable ({problem}); nothing was changed. "
+                f"Back it up, then upgrade it: mlflow db upgrade sqlite:///{db} (or set "
+                "paths.mlruns_dir to a new folder)"
+            )
     finally:
         lock.release()
     _READY_STORES.add(uri)
 
 
+def unreadable_store(db: Path | str, damage: str) -> str:
+    """The one line for a store SQLite cannot read: what is wrong, that nothing was
+    changed, and the three ways out."""
+    return (
+        f"the MLflow store {db} cannot be read: {damage}; nothing was changed. Restore it "
+        f"from a backup, or recover what SQLite can (sqlite3 {db} .recover | sqlite3 "
+        f"{db}.recovered, then move that into place), or move it aside yourself "
+        f"(mv {db} {db}.damaged) to start an empty store"
+    )
+
+
 def _build_sqlite_store(db: Path) -> None:
-    """MLflow's schema, built in a temp file and renamed onto `db` once complete.
+    """MLflow's schema, built in a temp file and renamed onto `db` once complete, with the
+    mode of any new file of the store (the umask's, never world-writable).
 
     MLflow's migrations take 3-4 s; the empty store they make holds nothing of its path
     (tables and a schema version only), so it is kept once per schema version in the
-    user's cache (empty_store) and a new store is a copy of it."""
-    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=temp_prefix(db), suffix=".part")
-    os.close(fd)
+    user's cache (empty_store) and a new store is a copy of it, checked whole before it
+    is used: a damaged cached copy is built again."""
+    tmp = db.with_name(f"{temp_prefix(db)}{secrets.token_hex(4)}.part")
+    # O_EXCL with the usual 0o666: the umask applies, as to every other file of the store.
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
+        os.chmod(tmp, tmp.stat().st_mode & ~stat.S_IWOTH)  # never writable by anyone
         template = empty_store()
-        if template is not None and template.exists() and _schema_problem(template) is None:
+        copied = False
+        if template is not None and template.exists():
             shutil.copyfile(template, tmp)
-        else:
-            _initialize(Path(tmp))
+            copied = _damage(tmp) is None and _schema_problem(tmp) is None
+            if not copied:
+                log.info("the cached empty store %s is damaged: building it again", template)
+                template.unlink(missing_ok=True)
+                os.truncate(tmp, 0)
+        if not copied:
+            _initialize(tmp)
             if template is not None:
-                _keep_as_template(Path(tmp), template)
+                _keep_as_template(tmp, template)
         os.replace(tmp, db)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -226,27 +252,70 @@ def _keep_as_template(built: Path, template: Path) -> None:
         pass
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# SQLite's quick_check reads every page (~2.5 ms per MB): above this size a store is
+# checked by its header and length only, and damage deeper in is named when met.
+_QUICK_CHECK_LIMIT = 512 * 2**20
+
+
+def _damage(db: Path) -> str | None:
+    """Why SQLite cannot read the file at `db` (not SQLite, cut short, pages damaged), or
+    None if it reads whole. Opened read-write, as MLflow will: a transaction a killed
+    writer left half-done (a hot journal) is rolled back, which a read-only look cannot."""
+    try:
+        with open(db, "rb") as f:
+            header = f.read(100)
+        size = db.stat().st_size
+    except OSError as e:
+        return f"cannot open it ({e.strerror or e})"
+    if not header.startswith(_SQLITE_HEADER):
+        return "it is not an SQLite database (its first bytes are not SQLite's header)"
+    if len(header) == 100 and not Path(f"{db}-wal").exists():
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        if header[24:28] == header[92:96] and size < pages * page_size:  # the count is valid
+            return f"it is cut short ({size} bytes of the {pages * page_size} its header declares)"
+    try:
+        with closing(sqlite3.connect(db, timeout=60)) as connection:
+            if size <= _QUICK_CHECK_LIMIT:
+                (verdict,) = connection.execute("PRAGMA quick_check(1)").fetchone()
+                if verdict != "ok":
+                    found = " ".join(verdict.replace("*** in database main ***", "").split())
+                    return f"SQLite finds it damaged ({found})"
+            else:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):
+            return None  # busy for a minute: another process is writing to it, so it reads
+        return f"SQLite cannot read it ({e})"
+    except sqlite3.DatabaseError as e:
+        return f"SQLite cannot read it ({e})"
+    return None
+
+
 def _schema_problem(db: Path) -> str | None:
     """Why MLflow cannot use the store at `db`, or None if its schema is MLflow's current one."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
+        with closing(sqlite3.connect(db, timeout=60)) as connection:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error as e:
-        return f"no schema version: {e}"
+    except sqlite3.Error:
+        return "holds no MLflow schema version"
     head = _get_latest_schema_revision()
     if not row or row[0] != head:
         return f"schema version {row[0] if row else 'none'}, this MLflow needs {head}"
     return None
 
 
-def _holds_runs(db: Path) -> bool:
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
-            return connection.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
-    except sqlite3.Error:
-        return False
+def _holds_schema_version(db: Path) -> bool:
+    with closing(sqlite3.connect(db, timeout=60)) as connection:
+        return bool(
+            connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'"
+            ).fetchone()
+        )
 
 
 # ---- a RUNNING run must have a live process behind it -----------------------------------

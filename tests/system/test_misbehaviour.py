@@ -376,26 +376,6 @@ def _half_made_store(db: Path) -> None:
     engine.dispose()
 
 
-def test_a_half_made_store_without_runs_is_set_aside_and_made_again(
-    make_cfg, tmp_path, monkeypatch
-):
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    _half_made_store(db)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    cfg = make_cfg(
-        "data=digits",
-        "stages=[preprocess,train]",
-        "baseline=none",
-        "train.epochs=1",
-        "tracking.log_model=false",
-        f"paths.mlruns_dir={db.parent}",
-    )
-    (run_id,) = run_stages(cfg)["train"]
-    assert MlflowClient(f"sqlite:///{db}").get_run(run_id).info.status == "FINISHED"
-    assert len(list(db.parent.glob("mlflow.db.half-made-*"))) == 1  # kept, not deleted
-
-
 def test_a_store_with_runs_at_another_schema_is_named_with_the_fix(make_cfg, tmp_path, monkeypatch):
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir()
