@@ -4,7 +4,9 @@ The stages are pipeline/stages/ (imported when they run); each is `run(cfg, resu
 output`, where `results` maps the stages run so far in this invocation to their outputs.
 
 Exit codes: 0 done; 1 runs FAILED (recorded in MLflow with their reasons); 2 a user's
-mistake (a bad override, an unreachable store), one line, nothing written; 128 + the
+mistake (a bad override, an unreachable store), one line, nothing written, or a full disk
+(one line naming the folder and the setting that moves it; the run it hit ended FAILED
+where the store could still record it); 128 + the
 signal's number when stopped (130 Ctrl-C, 143 SIGTERM), the runs ended KILLED.
 """
 
@@ -15,7 +17,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -24,11 +28,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import config, interrupts, logs, progress
-from pipeline.errors import RunFailed, user_error
-from pipeline.paths import PROJECT_ROOT
+from pipeline.errors import RunFailed, disk_full, disk_full_message, user_error
+from pipeline.paths import PROJECT_ROOT, from_root
 from pipeline.stages import STAGES, module
 
 log = logging.getLogger("pipeline")
+
+# MLFLOW_TRACKING_URI as the user gave it (MLflow's set_tracking_uri sets it for the
+# processes it starts): whether a full store is moved by it or by paths.mlruns_dir.
+_given_tracking_uri: list[str | None] = []
 
 
 def run_stages(cfg: DictConfig, summary: bool = False) -> dict:
@@ -44,8 +52,10 @@ def run_stages(cfg: DictConfig, summary: bool = False) -> dict:
         log.info("stage %s", stage)
         started = time.perf_counter()
         stage_module = importlib.import_module(module(stage))
-        # the handlers and levels its libraries set on import (Optuna's INFO)
+        # the handlers and levels its libraries set on import (Optuna's INFO, MLflow's own
+        # handler, which is to redact and to leave a full disk to us as well)
         logs.quiet_libraries(cfg.verbose)
+        logs.redact_all_handlers()
         progress.logs_above_bars()
         results[stage] = stage_module.run(cfg, results)
         log.info("stage %s done in %.2f s", stage, time.perf_counter() - started)
@@ -65,20 +75,24 @@ def main(cfg: DictConfig) -> None:
     # A stop signal ends the runs KILLED; processes this one started (search workers)
     # are stopped first, so that they close theirs.
     interrupts.install(before_raising=interrupts.stop_descendants)
+    _given_tracking_uri[:] = [os.environ.get("MLFLOW_TRACKING_URI")]
     logs.redact_all_handlers()
+    logs.guard_file_handlers()  # a log file on a full disk: one line at the end, exit 2
     logs.quiet_libraries(cfg.verbose)
     progress.logs_above_bars()  # Hydra made this job's handlers: its lines above any bar
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             run_stages(cfg, summary=True)
+            if logs.UNWRITTEN_LOGS:  # the work is done; its log file is cut short
+                raise logs.UNWRITTEN_LOGS[0][1]
         except KeyboardInterrupt as e:  # interrupts.Interrupted too
             stopped(e)
         except RunFailed as e:  # recorded in MLflow with the reasons; a script must notice
             log.error("%s", e)
             sys.exit(1)
         except Exception as e:
-            mistake = user_error(e)
+            mistake = user_error(e, *written_to(cfg))
             if mistake is None:
                 raise
             log.error("%s", mistake)  # a user mistake: one message, no traceback
@@ -112,6 +126,53 @@ def main(cfg: DictConfig) -> None:
         log.error("job failed: %s: %s", type(e).__name__, e)
         result.update(status="failed", error=f"{type(e).__name__}: {e}")
     sweep.write_job_result(hydra_cfg.runtime.output_dir, result)
+
+
+def written_to(
+    cfg: DictConfig | None = None, error: BaseException | None = None
+) -> tuple[list[tuple[Path, str]], Path | None]:
+    """The folders this run writes to, each with the setting that moves it, and the file
+    of its SQLite store (None for a tracking server): what names a full disk. Without the
+    config (Hydra failed before the app ran: `error`), Hydra's output folder and the temp
+    folder."""
+    places: list[tuple[Path, str]] = []
+    store = None
+    if error is not None and (output_dir := _hydra_output_dir(error)):
+        places.append((output_dir, "hydra.run.dir"))
+    try:
+        if cfg is not None:
+            data_dir = from_root(cfg.paths.data_dir)
+            places.append((data_dir, "paths.data_dir"))
+            for key in ("processed_dir", "raw_dir"):  # where moved out of paths.data_dir
+                if cfg.get("data") and cfg.data.get(key):
+                    folder = from_root(cfg.data[key])
+                    if data_dir not in (folder, *folder.parents):
+                        places.append((folder, f"data.{key}"))
+        uri = (_given_tracking_uri or [os.environ.get("MLFLOW_TRACKING_URI")])[0]
+        if uri and uri.startswith("sqlite:///"):
+            store = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+            setting = "MLFLOW_TRACKING_URI"
+        elif not uri and cfg is not None:
+            store, setting = from_root(cfg.paths.mlruns_dir) / "mlflow.db", "paths.mlruns_dir"
+        if store is not None:  # its artifacts beside it (tracking/store.py)
+            places += [(store.parent, setting), (store.parent / "artifacts", setting)]
+        if HydraConfig.initialized() and HydraConfig.get().runtime.output_dir:
+            places.append((Path(HydraConfig.get().runtime.output_dir), "hydra.run.dir"))
+    except Exception:  # noqa: BLE001 — a config too broken to read: name fewer places
+        pass
+    places.append((Path(tempfile.gettempdir()), "TMPDIR"))  # MLflow stages models there
+    return places, store
+
+
+def _hydra_output_dir(error: BaseException) -> Path | None:
+    """The output folder of the Hydra job `error` ended, from Hydra's run_job frame (Hydra
+    has reset its config by the time the error reaches us)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "run_job" and "output_dir" in frame.tb_frame.f_locals:
+            return Path(os.path.abspath(frame.tb_frame.f_locals["output_dir"]))
+        frame = frame.tb_next
+    return None
 
 
 def stopped(error: BaseException) -> None:
@@ -157,6 +218,9 @@ def cli() -> None:
     except KeyboardInterrupt as e:  # interrupts.Interrupted too  # a sweep's launcher
         stopped(e)
     except Exception as e:
+        if (full := disk_full(e)) is not None:  # Hydra writing its output folder
+            print(f"error: {disk_full_message(full, *written_to(error=e))}", file=sys.stderr)
+            sys.exit(2)
         if interrupts.installed():  # raised after our code started: not a config mistake
             raise
         print(f"error: {config.override_error(e)}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ os.umask(_UMASK)
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "localhost"
 _PART = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[^.]+\.part$")
 ORPHAN_AGE = 3600  # seconds: a temp file of unknown writer untouched this long is abandoned
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def from_root(path: str | os.PathLike) -> Path:
@@ -38,6 +40,7 @@ def atomic_write(dest: Path, mode: str = "wb"):
     A crash or error inside the block leaves no file at `dest` (and removes the temp file),
     so a later run never trusts a half-written output. A process killed outright leaves
     its temp file behind, named after its pid: `remove_orphaned_temp_files` collects it.
+    A full disk is raised as an OSError naming `dest` (a write to the temp file names none).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(dest), suffix=".part")
@@ -46,8 +49,10 @@ def atomic_write(dest: Path, mode: str = "wb"):
             yield f
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(dest)) from e
         raise
 
 

@@ -10,6 +10,7 @@ already present is verified again on every run, and fetched again if it fails.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -98,6 +99,8 @@ def fetch(name: str, md5: str, mirrors: list[str], dest_dir: Path,
             log.info("download: %s verified (from %s)", name, mirror)
             return dest
         except (OSError, ValueError, ChecksumMismatch) as e:  # URLError is an OSError
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # our disk, not the mirror's: the app names the folder (errors.disk_full)
             log.warning("download: %s from %s failed: %s", name, mirror, e)
             failures.append(f"  - {mirror}: {e}")
     raise DownloadError(

@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 from filelock import FileLock
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, unreadable_store
 from pipeline.logs import redact
 from pipeline.paths import (
     from_root,
@@ -171,17 +171,6 @@ def initialise_sqlite(uri: str) -> None:
     finally:
         lock.release()
     _READY_STORES.add(uri)
-
-
-def unreadable_store(db: Path | str, damage: str) -> str:
-    """The one line for a store SQLite cannot read: what is wrong, that nothing was
-    changed, and the three ways out."""
-    return (
-        f"the MLflow store {db} cannot be read: {damage}; nothing was changed. Restore it "
-        f"from a backup, or recover what SQLite can (sqlite3 {db} .recover | sqlite3 "
-        f"{db}.recovered, then move that into place), or move it aside yourself "
-        f"(mv {db} {db}.damaged) to start an empty store"
-    )
 
 
 def _build_sqlite_store(db: Path) -> None:

@@ -190,3 +190,25 @@ def test_a_new_store_follows_the_umask_but_is_never_world_writable(tmp_path):
             os.umask(previous)
         assert result.returncode == 0, result.stderr[-3000:]
         assert db.stat().st_mode & 0o777 == mode, f"umask {umask:03o}: {db.stat().st_mode:o}"
+
+
+def test_damage_met_while_using_a_store_is_one_line_with_the_fix(tmp_path, store_with_runs):
+    """A store above the start-up check's size is checked by header and length only; damage
+    deeper in surfaces as SQLite's own error, wrapped by MLflow, in the middle of a run."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.errors import user_error
+
+    db = store_with_runs
+    _garbage_inside(db)
+    with pytest.raises(sqlite3.DatabaseError) as met, sqlite3.connect(db) as connection:
+        connection.execute("SELECT count(*) FROM metrics WHERE value > -1").fetchall()
+        connection.execute("SELECT count(*) FROM tags WHERE value != ''").fetchall()
+        connection.execute("PRAGMA integrity_check").fetchall()
+        raise AssertionError("the damage was not met")
+    try:
+        raise MlflowException(f"(sqlite3.DatabaseError) {met.value}") from met.value
+    except MlflowException as wrapped:
+        line = user_error(wrapped, store=db)
+    assert line is not None and line.startswith(f"the MLflow store {db} cannot be read"), line
+    assert "\n" not in line and ".recover" in line
