@@ -7,7 +7,8 @@ or loads a test image or noise, and sees every layer of one of ours' logged netw
 light up, the ten outputs with the answer, and what each first-layer unit looks for;
 and switches between the runs of the experiment. The run: --run-id (RUN_ID=), else the
 version @champion of --model if it is one of ours, else the newest finished run of ours
-with a model. Same safety as `make ui`: loopback unless --host says otherwise, the link
+with a model; a run the page cannot show (no logged model, stopped early) is refused in one
+line, exit 2. Same safety as `make ui`: loopback unless --host says otherwise, the link
 printed once the page answers, stopped whole by Ctrl-C or SIGTERM.
 """
 
@@ -18,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.families import OURS
 from pipeline.logs import redact
 from pipeline.serve import ui
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         allowed = ui.check_network(args, "make demo DEMO_PORT")
         run_id, why = pick_run(uri, args.run_id, args.model)
-    except ui.UsageError as e:
+    except (ui.UsageError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     base = ui.local_url(args.host, args.port)
@@ -84,6 +86,7 @@ def pick_run(uri: str, run_id: str | None, model: str) -> tuple[str, str]:
                     f"{run.data.tags.get('model_family')}): the page shows our networks' "
                     "layers; pick a run named `ours …`"
                 )
+            refuse_unshowable(run)
             return run_id, "RUN_ID"
         try:
             champion = client.get_model_version_by_alias(model, "champion").run_id
@@ -106,6 +109,23 @@ def pick_run(uri: str, run_id: str | None, model: str) -> tuple[str, str]:
         "no finished run of ours with a logged model in the store: train one first "
         "(make run), or name one: make demo RUN_ID=<id>"
     )
+
+
+def refuse_unshowable(run) -> None:
+    """PipelineError naming the fix if the page cannot show the run's network."""
+    run_id = run.info.run_id
+    if run.data.tags.get("stopped"):
+        raise PipelineError(
+            f"run {run_id} was stopped before its last epoch ({run.data.tags['stopped']}): "
+            "the demo shows networks trained to the end; pick another run: make demo "
+            "RUN_ID=<id>"
+        )
+    if not showable(run):
+        raise PipelineError(
+            f"run {run_id} has no logged model (trained with tracking.log_model=false, or "
+            "still training): train one with tracking.log_model=true (make run), or pick "
+            "another run: make demo RUN_ID=<id>"
+        )
 
 
 def showable(run) -> bool:

@@ -16,25 +16,35 @@ A model is loaded as serving loads it, mlflow.pyfunc.load_model("runs:/<id>/mode
 network rebuilt by the engine, numpy only); predict answers every layer's activations
 (Network.activations) with the digit. Bad input gets 4xx with the reason: the image check
 is the served model's (engine/inputs.py).
+
+A run is opened once, by the first request that asks for it, however many ask at once:
+its model and config.yaml downloaded into a temporary folder removed once they are read;
+the test images of its data loaded and verified once for all the runs of that data, and
+only they kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import cachetools.func
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from pipeline import interrupts
 from pipeline.data import drawing
 from pipeline.engine.inputs import InputError, check_pixels
+from pipeline.engine.network import Network
 from pipeline.serve.demo import OURS_FINISHED, showable
 from pipeline.tracking import links
 
@@ -54,19 +64,54 @@ def client():
     return mlflow.MlflowClient()
 
 
-@functools.lru_cache(maxsize=8)
-def network(run_id: str):
-    """The run's logged model, loaded as `mlflow models serve` loads it: its Network. Only
-    a run of ours that the demo lists: loading a model runs its code."""
+@dataclass(frozen=True)
+class Opened:
+    """What the demo keeps of a run it opened: its network, and its data config as YAML
+    (the key its test images are shared under by every run of that data; None: the run
+    has no config.yaml)."""
+
+    net: Network
+    data: str | None
+
+
+# cachetools' lru_cache, not functools': a run many requests ask for at once is opened by
+# the first of them while the others wait for it (functools' would open it once each).
+@cachetools.func.lru_cache(maxsize=8)
+def opened(run_id: str) -> Opened:
+    """The run's logged model, loaded as `mlflow models serve` loads it (its Network), and
+    its data config (its config.yaml artifact), downloaded into a temporary folder removed
+    once they are read. Only a run of ours that the demo lists: loading a model runs its
+    code."""
     import mlflow
+    from omegaconf import OmegaConf
 
     if not showable(_run(run_id)):
         raise HTTPException(404, f"run {run_id} is not a finished run of ours with a model")
-    try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-        return model.unwrap_python_model().net
-    except Exception as e:  # no such run, no model, or a scikit-learn one
-        raise HTTPException(404, f"run {run_id} has no model of ours to show ({e})"[:400]) from e
+    with tempfile.TemporaryDirectory(prefix="demo-") as tmp:
+        try:
+            model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", dst_path=tmp)
+            net = model.unwrap_python_model().net
+        except Exception as e:  # no such run, no model, or a scikit-learn one
+            message = f"run {run_id} has no model of ours to show ({e})"
+            raise HTTPException(404, message[:400]) from e
+        finally:
+            # MLflow put the model's code folder first on sys.path: the engine it holds is
+            # the one imported already, and the folder is about to go.
+            sys.path[:] = [p for p in sys.path if not p.startswith(tmp)]
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="config.yaml", dst_path=tmp
+            )
+            data = OmegaConf.to_yaml(OmegaConf.load(path).data, resolve=True)
+        except (OSError, mlflow.exceptions.MlflowException):
+            data = None  # the network still shows; its test images do not
+    print(f"demo: opened run {run_id}", file=sys.stderr, flush=True)
+    return Opened(net, data)
+
+
+def network(run_id: str) -> Network:
+    """The run's network (the run opened on first use)."""
+    return opened(run_id).net
 
 
 def _run(run_id: str):
@@ -185,21 +230,31 @@ def sample(
     return {"pixels": x[i].tolist(), "label": int(y[i]), "index": i}
 
 
-@functools.lru_cache(maxsize=2)
 def test_split(run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The run's test images, from its own config (its config.yaml artifact)."""
-    import mlflow
+    """The run's test images and labels, from its own data config."""
+    data = opened(run_id).data
+    if data is None:
+        raise HTTPException(404, f"the test images of run {run_id} are not here: no config.yaml")
+    return test_images(data)
+
+
+@cachetools.func.lru_cache(maxsize=2)
+def test_images(data_yaml: str) -> tuple[np.ndarray, np.ndarray]:
+    """The test images and labels of a data config (YAML), loaded and verified once for
+    every run of that data; only they are kept (MNIST's test set: 31 of its 220 MB)."""
     from omegaconf import OmegaConf
 
     from pipeline import config as _config  # noqa: F401 — registers the schema
     from pipeline.data import dataset
     from pipeline.errors import PipelineError
 
+    data_cfg = OmegaConf.create(data_yaml)
     try:
-        path = client().download_artifacts(run_id, "config.yaml")
-        data = dataset.load(OmegaConf.load(path).data)
-    except (PipelineError, OSError, mlflow.exceptions.MlflowException) as e:
-        raise HTTPException(404, f"the test images of run {run_id} are not here: {e}") from e
+        data = dataset.load(data_cfg)
+    except (PipelineError, OSError) as e:
+        message = f"the test images of data={data_cfg.name} are not here: {e}"
+        raise HTTPException(404, message) from e
+    print(f"demo: loaded the test images of data={data_cfg.name}", file=sys.stderr, flush=True)
     return data.x("test"), data.y("test")
 
 
@@ -225,7 +280,8 @@ async def predict(run_id: str, request: Request):
         ) from None
     if not isinstance(sent, dict) or len({"pixels", "drawing"} & set(sent)) != 1:
         raise HTTPException(400, 'send {"pixels": [...]} or {"drawing": [[...], ...]}')
-    net = network(run_id)
+    # In a worker thread: opening the run must not stop the event loop (and every request)
+    net = await run_in_threadpool(network, run_id)
     width = net.sizes[0]
     try:
         if "drawing" in sent:
