@@ -99,11 +99,14 @@ ui: install
 
 ## a shared tracking server on PostgreSQL, on 127.0.0.1 (DB=postgresql://…)
 ## The project's own cluster in mlruns/postgres/ unless DB= is given; artifacts proxied;
-## beyond this machine: HOST=0.0.0.0 ALLOWED_HOSTS=<name>.
+## beyond this machine: HOST=0.0.0.0 ALLOWED_HOSTS=<name>, with a login (MLflow basic-auth;
+## ADMIN_PASSWORD_FILE= or env PIPELINE_ADMIN_PASSWORD; AUTH=off: none, AUTH=on: on loopback too).
 server: install-extras
 	$(if $(DB),PIPELINE_DB="$$DB") $(PY) -m pipeline.serve.server --port $(PORT) --pg-port $(PG_PORT) \
 	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
-	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
+	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS)) \
+	  $(if $(filter command line,$(origin AUTH)),$(if $(filter off,$(AUTH)),--no-auth,--auth)) \
+	  $(if $(ADMIN_PASSWORD_FILE),--admin-password-file "$(ADMIN_PASSWORD_FILE)")
 
 ## a tracked sweep (SWEEP=grid|tweaks16|best|ablation|smoke)
 ## Data is prepared once, first.

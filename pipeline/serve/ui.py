@@ -129,8 +129,8 @@ def exposure_warning(host: str, port: int, allowed_hosts: str | None) -> str:
         "and it has NO authentication:",
         f"  anyone who can reach port {port} of this machine can read, change and delete "
         "every run, metric and artifact in the store.",
-        "  Expose it only on a network you trust, or put auth in front: MLflow's built-in "
-        "`mlflow server --app-name basic-auth`,",
+        "  Expose it only on a network you trust, or serve it with a login: `make server` "
+        "(MLflow's basic-auth, on beyond 127.0.0.1 unless AUTH=off),",
         "  or a reverse proxy with auth and TLS (nginx, Caddy) while this server stays on "
         "127.0.0.1.",
     ]

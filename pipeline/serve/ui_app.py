@@ -9,13 +9,19 @@ takes a quarter of the width). This wraps MLflow's ASGI app and adds, to the pag
 (index.html), a few lines that set those two choices before the UI starts, only where the
 browser has made none: a person who picks GenAI or opens the Assistant keeps that choice.
 Every request still goes through MLflow's app, Host-header checks included.
+
+`make server` beyond this machine serves create_auth_app() instead: MLflow's basic-auth app as
+`mlflow server --app-name basic-auth` builds it under uvicorn (mlflow.server.auth.create_app:
+its login and permission checks added to MLflow's Flask app, wrapped in a FastAPI app of its
+own with a permission middleware for the routes FastAPI serves), with the same page. A page
+that needs a login is answered 401 by MLflow, unchanged.
 """
 
 from __future__ import annotations
 
 import json
 
-from mlflow.server.fastapi_app import app as mlflow_app
+from mlflow.server import fastapi_app
 
 # localStorage keys as the UI names them (`<key>_v<version>`, the value as JSON).
 FIRST_VISIT = {
@@ -35,33 +41,48 @@ def with_first_visit_choices(html: bytes) -> bytes:
     return html.replace(b"<head>", b"<head>" + SCRIPT, 1)
 
 
-async def app(scope, receive, send):
-    """MLflow's app; its page (GET of PAGES) answered with SCRIPT added."""
-    if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in PAGES:
-        await mlflow_app(scope, receive, send)
-        return
-    start: dict = {}
-    body = bytearray()
+def with_first_visit_page(mlflow_app):
+    """The ASGI app mlflow_app, its page (GET of PAGES) answered with SCRIPT added."""
 
-    async def collect(message):
-        if message["type"] == "http.response.start":
-            start.update(message)
+    async def app(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in PAGES:
+            await mlflow_app(scope, receive, send)
             return
-        body.extend(message.get("body", b""))
-        if message.get("more_body"):
-            return
-        headers = [
-            (k, v)
-            for k, v in start.get("headers", [])
-            if k.lower() not in (b"content-length", b"etag")
-        ]
-        content = bytes(body)
-        if start.get("status") == 200 and any(
-            k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
-        ):
-            content = with_first_visit_choices(content)
-        headers.append((b"content-length", str(len(content)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        start: dict = {}
+        body = bytearray()
 
-    await mlflow_app(scope, receive, collect)
+        async def collect(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            headers = [
+                (k, v)
+                for k, v in start.get("headers", [])
+                if k.lower() not in (b"content-length", b"etag")
+            ]
+            content = bytes(body)
+            if start.get("status") == 200 and any(
+                k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
+            ):
+                content = with_first_visit_choices(content)
+            headers.append((b"content-length", str(len(content)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+
+        await mlflow_app(scope, receive, collect)
+
+    return app
+
+
+def create_auth_app():
+    """MLflow's basic-auth app, its page opening on model training. Reads MLflow's auth
+    settings (MLFLOW_AUTH_CONFIG_PATH, MLFLOW_FLASK_SERVER_SECRET_KEY, ...) when called."""
+    from mlflow.server.auth import create_app
+
+    return with_first_visit_page(create_app())
+
+
+app = with_first_visit_page(fastapi_app.app)
