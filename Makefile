@@ -83,13 +83,15 @@ register: install
 ## serve the champion on 127.0.0.1:5001 (SERVE_PORT=, MODEL=digits-classifier)
 serve: install
 	$(PY) -m pipeline.serve.model --model $(MODEL) --port $(SERVE_PORT) \
-	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
+	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
 ## draw a digit, watch a network think: 127.0.0.1:5002 (RUN_ID=, DEMO_PORT=)
 ## (default: the champion's run)
 demo: install
 	$(PY) -m pipeline.serve.demo --port $(DEMO_PORT) $(if $(RUN_ID),--run-id $(RUN_ID)) \
-	  $(if $(filter command line,$(origin HOST)),--host $(HOST))
+	  $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+	  $(if $(filter command line,$(origin ALLOWED_HOSTS)),--allowed-hosts $(ALLOWED_HOSTS))
 
 ## the MLflow UI over the project's store on 127.0.0.1:5000 (PORT=5600)
 ui: install

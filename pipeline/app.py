@@ -32,6 +32,8 @@ from pipeline.errors import RunFailed, disk_full, disk_full_message, user_error
 from pipeline.paths import PROJECT_ROOT, from_root
 from pipeline.stages import STAGES, module
 
+DATA_STAGES = {"download", "preprocess"}  # the stages that open no store
+
 log = logging.getLogger("pipeline")
 
 # MLFLOW_TRACKING_URI as the user gave it (MLflow's set_tracking_uri sets it for the
@@ -47,6 +49,11 @@ def run_stages(cfg: DictConfig, summary: bool = False) -> dict:
     are summed up last (families, val and test accuracy, ids, where to open them).
     """
     config.validate(cfg, STAGES)
+    if (uri := os.environ.get("MLFLOW_TRACKING_URI")) and set(cfg.stages) - DATA_STAGES:
+        # A mistaken tracking URI is named before any stage works (make data needs none).
+        from pipeline.tracking import urls
+
+        urls.check_tracking_uri_once(uri)
     results: dict = {}
     for stage in cfg.stages:
         log.info("stage %s", stage)

@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=os.environ.get("RUN_ID") or None)
     parser.add_argument("--model", default="mnist-classifier", help="whose @champion to open")
     args = parser.parse_args(argv)
-    from pipeline.tracking import store  # MLflow with it: after the command line is read
+    from pipeline.tracking import store, urls  # MLflow with it: after the command line is read
 
     uri = store.store_uri(args.mlruns)
     try:
         allowed = ui.check_network(args, "make demo DEMO_PORT")
+        urls.check_tracking_uri(uri)
         run_id, why = pick_run(uri, args.run_id, args.model)
     except (ui.UsageError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)

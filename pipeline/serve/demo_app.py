@@ -36,7 +36,6 @@ from pathlib import Path
 import cachetools.func
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -45,6 +44,7 @@ from pipeline import interrupts
 from pipeline.data import drawing
 from pipeline.engine.inputs import InputError, check_pixels
 from pipeline.engine.network import Network
+from pipeline.serve import hosts
 from pipeline.serve.demo import OURS_FINISHED, showable
 from pipeline.tracking import links
 
@@ -55,7 +55,7 @@ SHOWN_UNITS = 16  # a hidden layer wider than this: the most active units are dr
 
 app = FastAPI(title="Watch the network think", docs_url=None, redoc_url=None)
 app.mount("/static", StaticFiles(directory=PAGE), name="static")
-STATE: dict = {"run_id": None}
+STATE: dict = {"run_id": None, "allowed_hosts": None}
 
 
 def client():
@@ -337,6 +337,16 @@ def drawn(rows) -> np.ndarray:
     return check_pixels(ink, ink.shape[1], np.float64)
 
 
+@app.middleware("http")
+async def only_known_hosts(request, call_next):
+    """A request whose Host header is not this machine's (or allowed) gets 403 and the fix."""
+    host = request.headers.get("host", "")
+    patterns = STATE.get("allowed_hosts") or hosts.allowed(None)
+    if refused := hosts.refusal(request.url.path, host, patterns, "make demo"):
+        return JSONResponse({"error": refused}, status_code=403)
+    return await call_next(request)
+
+
 @app.exception_handler(HTTPException)
 async def as_json(_request, e: HTTPException):
     return JSONResponse({"error": e.detail}, status_code=e.status_code)
@@ -347,15 +357,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
-    parser.add_argument("--allowed-hosts", help="Host headers to accept besides loopback's")
+    parser.add_argument(
+        "--allowed-hosts", help="the only Host headers served (default: MLflow's, as make ui)"
+    )
     args = parser.parse_args(argv)
     import uvicorn
 
-    # Only requests addressed to this machine's loopback names (or the names the user
-    # allowed): a web page elsewhere cannot reach the page by DNS rebinding.
-    names = ["127.0.0.1", "localhost", "[::1]"]
-    names += [n.rsplit(":", 1)[0] for n in (args.allowed_hosts or "").split(",") if n]
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=names)
+    STATE["allowed_hosts"] = hosts.allowed(args.allowed_hosts)  # serve/hosts.py: DNS rebinding
     STATE["run_id"] = args.run_id
     interrupts.stop_with_parent()  # demo.py stops it; if demo.py is killed, so is it
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

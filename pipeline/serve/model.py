@@ -1,15 +1,18 @@
 """`make serve`: a registered model over HTTP (MLflow's scoring server), on loopback.
 
     python -m pipeline.serve.model [--model mnist-classifier] [--alias champion] [--port 5001]
+        [--host 127.0.0.1] [--allowed-hosts NAME,...]
 
 Serves models:/<model>@<alias> from the project's store (or MLFLOW_TRACKING_URI) on
 127.0.0.1 unless --host says otherwise, with the app `mlflow models serve` runs
 (serve/model_app.py), whose error answers say the reason first in a few hundred bytes
 where MLflow's echo the whole input. The model checks each request (pixels in [0, 1],
 the right width) and answers 400 with the reason otherwise; the server's log line for
-the request names it too. The server runs in a process group of its own that stopping
-this process (Ctrl-C, SIGTERM from `kill` or from make) ends whole; "ready" is printed
-once it answers.
+the request names it too. As `make ui`, it answers only requests whose Host header it was
+told about (--allowed-hosts, ui.py's option; default: MLflow's localhost and private
+addresses); another gets 403 naming the fix. The server runs in a process group of its
+own that stopping this process (Ctrl-C, SIGTERM from `kill` or from make) ends whole;
+"ready" is printed once it answers.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import os
 import sys
 
+from pipeline.errors import PipelineError
 from pipeline.logs import redact
 from pipeline.serve import ui
 
@@ -29,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="mnist-classifier", help="the registered model")
     parser.add_argument("--alias", default="champion", help="which of its versions")
     args = parser.parse_args(argv)
-    from pipeline.tracking import store  # MLflow with it: after the command line is read
+    from pipeline.tracking import store, urls  # MLflow with it: after the command line is read
 
     uri = store.store_uri(args.mlruns)
     try:
-        ui.check_network(args, "make serve SERVE_PORT")
+        allowed = ui.check_network(args, "make serve SERVE_PORT")
+        urls.check_tracking_uri(uri)
         version = champion(uri, args.model, args.alias)
-    except ui.UsageError as e:
+    except (ui.UsageError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model_uri = f"models:/{args.model}@{args.alias}"
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args.host,
         "--port",
         str(args.port),
+        *(["--allowed-hosts", allowed] if allowed else []),
     ]
     return ui.run_server(
         command,

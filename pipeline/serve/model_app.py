@@ -1,6 +1,7 @@
 """The server of `make serve`: MLflow's scoring server for one model, its refusals short.
 
     python -m pipeline.serve.model_app --model-uri models:/NAME@ALIAS [--host] [--port]
+        [--allowed-hosts LIST]
 
 Run by `make serve` (serve/model.py), which checks the command line and says "ready". The
 app is the one `mlflow models serve` runs (mlflow.pyfunc.scoring_server.init on the model,
@@ -11,6 +12,13 @@ request by echoing the whole input first ("Failed to predict data '[[0.5 0.5 …
 "400 Bad Request". Here an error's answer is {"message": <the reason>, "error_code": …},
 a few hundred bytes at most, and the request's line in the server's log ends with the
 reason. A traceback, if MLflow made one, goes to the server's log only.
+
+Host headers are checked as `make ui`'s MLflow server checks them (DNS rebinding: a page
+elsewhere whose name resolves to this machine), with MLflow's own check
+(mlflow.server.security_utils): the names in --allowed-hosts (ui.allowed_hosts_value's
+list: a name also with the port) or, without it, MLflow's default (localhost, 127.0.0.1,
+[::1] and private addresses, any port); the health checks (/ping, /health, /version)
+answer whatever the Host, as MLflow's do. Any other request gets 403 with the fix.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import logging
 
 from pipeline import interrupts
+from pipeline.serve import hosts
 
 MAX_REASON = 300  # characters: enough for any reason, never for an echoed input
 
@@ -82,38 +91,35 @@ def short_answer(body: bytes, status: int, csv_refused: str | None) -> tuple[dic
     return {"message": reason(message), "error_code": code or http.HTTPStatus(status).name}, trace
 
 
-def build(model):
+def build(model, allowed_hosts: list[str] | None = None):
     """MLflow's scoring app for `model` (a loaded pyfunc), with short error answers and a log
-    line per request that ends with the reason of a refusal."""
+    line per request that ends with the reason of a refusal; a request whose Host header is
+    not in allowed_hosts (MLflow's patterns; None: MLflow's default) is refused, 403."""
     from fastapi import Request
     from fastapi.responses import Response
     from mlflow.pyfunc import scoring_server
 
     app = scoring_server.init(model)
     for_csv = csv_reason(model.metadata.get_input_schema())
+    patterns = allowed_hosts or hosts.allowed(None)
 
     @app.middleware("http")  # added last, so it sees MLflow's answer (and its timeout's)
     async def say_why(request: Request, call_next):
+        host = request.headers.get("host", "")
+        if refused := hosts.refusal(request.url.path, host, patterns, "make serve"):
+            answer = {"message": refused, "error_code": "FORBIDDEN"}
+            log_request(request, 403, answer["message"])
+            return Response(json.dumps(answer), 403, media_type="application/json")
         response = await call_next(request)
-        status, why, trace = response.status_code, "", None
+        status, why, trace = response.status_code, None, None
         if status >= 400 and request.url.path == "/invocations":
             body = b"".join([chunk async for chunk in response.body_iterator])
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             csv_refused = for_csv if media == scoring_server.CONTENT_TYPE_CSV else None
             answer, trace = short_answer(body, status, csv_refused)
             response = Response(json.dumps(answer), status, media_type="application/json")
-            why = f": {answer['message']}"
-        client = f"{request.client.host}:{request.client.port}" if request.client else "-"
-        log.info(
-            '%s - "%s %s HTTP/%s" %d %s%s',
-            client,
-            request.method,
-            request.url.path,
-            request.scope.get("http_version", "1.1"),
-            status,
-            http.HTTPStatus(status).phrase,
-            why,
-        )
+            why = answer["message"]
+        log_request(request, status, why)
         if trace:
             log.warning("the traceback MLflow answered with:\n%s", trace.rstrip())
         return response
@@ -121,11 +127,30 @@ def build(model):
     return app
 
 
+def log_request(request, status: int, why: str | None) -> None:
+    """The request's line in the server's log, as uvicorn's access log writes it, ending
+    with the reason of a refusal."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "-"
+    log.info(
+        '%s - "%s %s HTTP/%s" %d %s%s',
+        client,
+        request.method,
+        request.url.path,
+        request.scope.get("http_version", "1.1"),
+        status,
+        http.HTTPStatus(status).phrase,
+        f": {why}" if why else "",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", required=True, help="e.g. models:/mnist-classifier@champion")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument(
+        "--allowed-hosts", help="the only Host headers served (default: MLflow's, as make ui)"
+    )
     args = parser.parse_args(argv)
     interrupts.stop_with_parent()  # model.py stops it; if model.py is killed, so is it
     import uvicorn
@@ -133,7 +158,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # As `mlflow models serve` loads it (its SERVING_MODEL_CONFIG included)
     model = scoring_server.load_model_with_mlflow_config(args.model_uri)
-    uvicorn.run(build(model), host=args.host, port=args.port, access_log=False)
+    uvicorn.run(
+        build(model, hosts.allowed(args.allowed_hosts)),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

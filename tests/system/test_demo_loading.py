@@ -10,6 +10,7 @@ run that logged no model is refused at the start, in one line, exit 2.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -29,7 +30,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def _train(data_dir: Path, *overrides: str, stages: str = "train") -> str:
     """Train one run of ours (one epoch, no baseline) into the test's store; its id."""
-    uri = mlflow.get_tracking_uri()
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # the test's store (conftest), as the app sees it
     before = {r.info.run_id for r in _runs(uri)}
     done = run_app(
         f"paths.data_dir={data_dir}",
