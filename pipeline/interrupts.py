@@ -16,11 +16,12 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-from pipeline.paths import process_alive
+from pipeline.paths import process_alive, process_start
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ STOP_SIGNALS: dict[int, str] = {
     signal.SIGHUP: "SIGHUP (its terminal closed)",
 }
 GRACE_SECONDS = 20  # for the processes a launcher started to close their runs and exit
+# Why this process signalled itself, where the signal's name alone would mislead.
+_CAUSES: dict[int, str] = {}
+# A sweep's launcher, for the jobs it starts on this machine: host:pid:start time.
+LAUNCHER_ENV = "PIPELINE_SWEEP_LAUNCHER"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -37,7 +42,8 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int):
         self.signum = signum
-        super().__init__(f"interrupted by {STOP_SIGNALS.get(signum, signal.Signals(signum).name)}")
+        told = _CAUSES.get(signum) or STOP_SIGNALS.get(signum, signal.Signals(signum).name)
+        super().__init__(f"interrupted by {told}")
 
     @property
     def reason(self) -> str:
@@ -119,10 +125,68 @@ def stop_with_parent() -> None:
 
 
 def _stop_when_orphaned(parent: int, name: str) -> None:
+    _stop_when(lambda: os.getppid() != parent, name)
+
+
+def name_as_launcher() -> None:
+    """Name this process, in the environment of the processes it starts from now on, as the
+    sweep's launcher that they must not outlive (stop_with_launcher)."""
+    pid = os.getpid()
+    os.environ[LAUNCHER_ENV] = f"{socket.gethostname()}:{pid}:{process_start(pid)}"
+
+
+def stop_with_launcher(busy: Callable[[], bool]) -> None:
+    """In a sweep's job: once the launcher that name_as_launcher named is gone, SIGTERM this
+    process while busy() (a job running: its run ends KILLED, saying why), SIGKILL it
+    GRACE_SECONDS later if it is still there; SIGKILL it at once while idle (a loky worker
+    waiting for its next job has nothing to close, and does not end on SIGTERM). A launcher
+    killed by SIGKILL cannot stop its workers (loky's, submitit's): they trained on to the
+    end, then idled for minutes. Watched by its pid, not as this process's parent:
+    submitit's job is the launcher's grandchild. Once per process (a loky worker runs job
+    after job); not where the job runs in the launcher itself, nor on another machine
+    (SLURM passes the environment on)."""
+    host, _, launcher = os.environ.get(LAUNCHER_ENV, "").partition(":")
+    pid, _, started = launcher.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return
+    if _watched_launchers:
+        return
+    _watched_launchers.append(int(pid))
+    _stop_when(
+        lambda: not process_alive(int(pid), started),
+        "stop-with-launcher",
+        cause=f"SIGTERM (its sweep's launcher, pid {pid}, ended)",
+        kill_after=GRACE_SECONDS,
+        busy=busy,
+    )
+
+
+_watched_launchers: list[int] = []
+
+
+def _stop_when(
+    gone: Callable[[], bool],
+    name: str,
+    cause: str = "",
+    kill_after: float | None = None,
+    busy: Callable[[], bool] | None = None,
+) -> None:
+    """Watch, in a thread, until gone() says so; then SIGTERM this process (the reason its
+    runs record is `cause`, if given), and SIGKILL it `kill_after` seconds later if it is
+    still there; SIGKILL it at once if busy() says it has nothing to close."""
+
     def watch():
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(0.5)
+        if busy is not None and not busy():
+            os.kill(os.getpid(), signal.SIGKILL)
+        if cause:
+            _CAUSES[signal.SIGTERM] = cause
         os.kill(os.getpid(), signal.SIGTERM)
+        if kill_after is not None:
+            time.sleep(kill_after)
+            log.warning("did not stop within %.0f s of SIGTERM: killed", kill_after)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name=name, daemon=True).start()
 

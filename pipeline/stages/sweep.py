@@ -17,16 +17,20 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock, Timeout
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config as schema
 from pipeline import interrupts, logs, progress
 from pipeline.config import plain
-from pipeline.tracking import identity, parents, store
+from pipeline.tracking import identity, parents, runs, store
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "parent_run_id"
@@ -35,6 +39,7 @@ PARENT_FILE = "parent_run_id"
 RESULT_FILE = "result.json"
 SWEPT_FILE = "swept_keys.json"  # what the sweep varies, for its jobs' run names
 _WATCHES: list[progress.Watch] = []  # the bar of the sweep this process launches
+_CLAIMS: list[FileLock] = []  # the config the job running in this process holds (claim_config)
 
 
 def swept_keys(hydra_cfg) -> set[str]:
@@ -141,8 +146,11 @@ class SweepCallback(Callback):
                 signum, first=store.running_pids(parent_run_id(config.hydra.sweep.dir))
             )
         )
-        if "ray" in str(OmegaConf.select(config, "hydra.launcher._target_") or ""):
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+        if "ray" in launcher:
             keep_sigterm_from_ray()
+        if launcher.endswith((".JoblibLauncher", ".LocalLauncher")):  # joblib, submitit_local
+            interrupts.name_as_launcher()  # its jobs stop if it is killed (on_job_start)
         logs.redact_all_handlers()
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +175,16 @@ class SweepCallback(Callback):
                 lambda: sweep_progress(sweep_dir),
             ).__enter__()
         )
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        # In the job's process (a loky worker, a submitit job): not outliving a launcher
+        # killed by SIGKILL; not training a config that another run of this sweep trains.
+        interrupts.stop_with_launcher(busy=lambda: bool(_CLAIMS))
+        _CLAIMS.append(claim_config(config))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        while _CLAIMS:
+            _CLAIMS.pop().release()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         while _WATCHES:
@@ -223,6 +241,59 @@ class SweepCallback(Callback):
                 ),
             )
             sys.exit(1)
+
+
+def claim_config(config) -> FileLock:
+    """Hold this job's config, on this machine, for as long as the job runs: a lock that the
+    kernel drops with its process (SIGKILL too). A job of a second run of the same sweep
+    that finds the config held, or one of its runs training in another live process, waits
+    for it to end rather than training the config twice (it says which run it waits for);
+    it then finds that run FINISHED and reuses it, or, if it was killed, trains it itself."""
+    key = identity.resume_key(config)
+    store_key = hashlib.sha256(f"{store.tracking_uri(config)}|{key}".encode()).hexdigest()
+    folder = Path(tempfile.gettempdir()) / f"pipeline-{getattr(os, 'getuid', lambda: 0)()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    claim = FileLock(folder / f"config-{store_key[:24]}.lock")
+    try:
+        claim.acquire(timeout=0)
+        told = False
+    except Timeout:
+        _say_who_trains(config)
+        claim.acquire()
+        told = True
+    # A run of the config outside any sweep (`python -m pipeline` with the same settings)
+    # holds no claim: waited for by its process.
+    while (other := _training_elsewhere(config)) is not None:
+        if not told:
+            _say_who_trains(config, other)
+            told = True
+        time.sleep(2)
+    return claim
+
+
+def _training_elsewhere(config):
+    """runs.training_elsewhere, or None where the store cannot say: the job then goes on,
+    and its own first use of the store reports the problem as the app does."""
+    try:
+        return runs.training_elsewhere(config)
+    except Exception as e:  # noqa: BLE001
+        log.warning("sweep: could not look for a run of this config: %s", logs.redact(str(e))[:300])
+        return None
+
+
+def _say_who_trains(config, other=None) -> None:
+    """One line: which run (and process) trains this job's config, which this job waits for."""
+    other = other or _training_elsewhere(config)
+    if other is None:
+        who = "another job on this machine"
+    else:
+        tags = other.data.tags
+        who = f"run {other.info.run_id} ({other.info.run_name}, pid {tags.get('pid')})"
+    log.info(
+        "sweep: this job's config is being trained by %s: waiting for it to end rather than "
+        "training it twice",
+        who,
+    )
 
 
 def keep_sigterm_from_ray() -> None:

@@ -16,8 +16,9 @@ from threadpoolctl import threadpool_limits
 from pipeline import interrupts
 from pipeline.config import plain
 from pipeline.engine import DivergenceError
-from pipeline.errors import RunStopped
+from pipeline.errors import RunStopped, disk_full
 from pipeline.logs import redact
+from pipeline.paths import process_alive
 from pipeline.tracking import describe, links, plots, store
 from pipeline.tracking.environment import environment_tags
 from pipeline.tracking.identity import config_hash, git_commit, resume_key
@@ -67,7 +68,10 @@ def run(cfg, *, run_name: str | None = None, run_id: str | None = None, tags: di
             INTERRUPTED_RUNS.append(active.info.run_id)
             raise
         except BaseException as e:
-            _end(active, "FAILED", {"failure_reason": redact(f"{type(e).__name__}: {e}")[:5000]})
+            reason = f"{type(e).__name__}: {e}"
+            if disk_full(e) is not None:  # SQLAlchemy's statement dump says nothing to a reader
+                reason = reason.split("\n[SQL:")[0]
+            _end(active, "FAILED", {"failure_reason": redact(reason)[:5000]})
             raise
 
 
@@ -173,6 +177,28 @@ def finished_run_id(cfg, family: str) -> str | None:
     )
     whole = [r for r in runs if "stopped" not in r.data.tags]  # a pruned run is not done
     return whole[0].info.run_id if whole else None
+
+
+def training_elsewhere(cfg) -> mlflow.entities.Run | None:
+    """A RUNNING training run of this config (the same resume key, either family) whose
+    process, on this host, is alive and not this one: another job is training the config
+    (a second run of the same sweep). None if there is none. Runs of other hosts are not
+    counted: their processes cannot be checked from here."""
+    experiment_id = store.setup(cfg)
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.resume_key = '{resume_key(cfg)}' and tags.kind = 'training' "
+        "and attributes.status = 'RUNNING'",
+    )
+    here = store.process_tags()
+    for found in runs:
+        tags = found.data.tags
+        if tags.get("host") != here["host"] or not tags.get("pid", "").isdigit():
+            continue
+        pid, started = tags["pid"], tags.get("pid_started", "")
+        if pid != here["pid"] and process_alive(int(pid), started):
+            return found
+    return None
 
 
 def summary(cfg, run_ids: list[str]) -> str:
