@@ -34,11 +34,6 @@ def _isolated_environment(monkeypatch, tmp_path, _session_cache):
     monkeypatch.delenv(download.MIRROR_ENV, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'test-mlflow.db'}")
     monkeypatch.setenv("XDG_CACHE_HOME", str(_session_cache))
-    # An earlier test's in-process run set MLflow's own tracking URI, which outranks the
-    # variable: a client made without a URI must see this test's store.
-    import mlflow
-
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
 @pytest.fixture

@@ -381,6 +381,9 @@ def test_a_store_with_runs_at_another_schema_is_named_with_the_fix(make_cfg, tmp
     db.parent.mkdir()
     _half_made_store(db)
     with sqlite3.connect(db) as connection:
+        # what an older MLflow leaves: its schema version recorded, an older one
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")
         connection.execute(
             "INSERT INTO experiments (experiment_id, name, lifecycle_stage) "
             "VALUES (1, 'x', 'active')"

@@ -9,6 +9,7 @@ stages=[reproduce] reproduce.run_id=<id>` on it, as `make reproduce` does.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -32,18 +33,24 @@ def _reproduce(tmp_path: Path, run_id: str, *overrides: str):
     return _app(tmp_path, "stages=[reproduce]", f"reproduce.run_id={run_id}", *overrides)
 
 
+def _client() -> MlflowClient:
+    """A client of this test's store (conftest's variable; an earlier test's in-process run
+    may have set MLflow's own URI, which a client made without one would use)."""
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
 @pytest.fixture
 def digits_run(tmp_path):
     """A finished run of ours on the digits (`make run ARGS="data=digits"`, cut short)."""
     made = _app(tmp_path, "data=digits", *TRAIN_ONCE)
     assert made.returncode == 0, (made.stdout + made.stderr)[-3000:]
-    client = MlflowClient()
+    client = _client()
     (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     return run
 
 
 def _reruns(run_id: str) -> list:
-    client = MlflowClient()
+    client = _client()
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments, f"tags.reproduces = '{run_id}'")
 
@@ -95,7 +102,7 @@ def test_a_digits_run_reruns_on_the_digits_into_its_own_experiment(tmp_path, dig
     (rerun,) = _reruns(run_id)
     assert rerun.info.experiment_id == digits_run.info.experiment_id
     assert rerun.data.params["data.name"] == "digits"
-    mnist = MlflowClient().get_experiment_by_name("mnist")
+    mnist = _client().get_experiment_by_name("mnist")
     assert mnist is None, "an mnist experiment was made for a digits rerun"
 
 
@@ -111,7 +118,7 @@ def test_an_experiment_named_on_the_command_line_takes_the_rerun_other_settings_
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     (rerun,) = _reruns(run_id)
-    assert MlflowClient().get_experiment(rerun.info.experiment_id).name == "reruns"
+    assert _client().get_experiment(rerun.info.experiment_id).name == "reruns"
     assert rerun.data.params["train.epochs"] == digits_run.data.params["train.epochs"] == "1"
     output = result.stdout + result.stderr
     assert "train.epochs=3" in output and "not applied" in output, output[-3000:]
@@ -135,6 +142,6 @@ def test_another_dataset_named_on_the_command_line_reruns_the_config_on_it(
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     (rerun,) = _reruns(run_id)
-    assert MlflowClient().get_experiment(rerun.info.experiment_id).name == "mnist"
+    assert _client().get_experiment(rerun.info.experiment_id).name == "mnist"
     assert rerun.data.params["data.name"] == "mnist"
     assert rerun.data.params["train.epochs"] == "1"
