@@ -237,3 +237,29 @@ RESULTS_BY_CONFIG_COLUMNS = [
     "ours − sklearn (test)",
     "seeds",
 ]
+
+
+def group_alive(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group pgid."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def require(what: str, check: Callable[[], Any]) -> None:
+    """Skip the test if check() finds `what` (an extra, a server binary) missing; in CI,
+    where everything is installed, fail it instead."""
+    from pipeline.errors import PipelineError
+
+    try:
+        check()
+    except (ImportError, PipelineError) as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what} is missing in CI: {e}")
+        pytest.skip(f"{what} is not installed here: {e}")

@@ -7,7 +7,6 @@ Needs Debian's postgresql and the postgres extra, as test_cluster.py; skipped wh
 missing, except under CI=true: a failure there.
 """
 
-import os
 import secrets
 import shutil
 import signal
@@ -18,25 +17,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import free_port, run_app, wait_http
+from helpers import free_port, require, run_app, wait_http
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import PipelineError
 from pipeline.serve import postgres
 
 pytestmark = pytest.mark.slow
 
 ADMIN = "admin"
-
-
-def _require(what: str, check) -> None:
-    try:
-        check()
-    except (ImportError, PipelineError) as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{what} is missing in CI: {e}")
-        pytest.skip(f"{what} is not installed here: {e}")
 
 
 def _session_command_lines(leader: int) -> list[str]:
@@ -55,8 +44,8 @@ def _session_command_lines(leader: int) -> list[str]:
 @pytest.fixture(scope="module")
 def server():
     """`make server HOST=0.0.0.0` on free ports, its admin password from the environment."""
-    _require("PostgreSQL", postgres.bindir)
-    _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
+    require("PostgreSQL", postgres.bindir)
+    require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
     folder = Path(tempfile.mkdtemp(prefix="pipeline-auth-server-"))
     folder.chmod(0o755)  # the postgres user (as root) must reach it
     password = secrets.token_urlsafe(18)

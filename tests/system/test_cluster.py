@@ -18,30 +18,20 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from helpers import free_port, run_app, wait_for, wait_http
+from helpers import free_port, require, run_app, wait_for, wait_http
 from helpers.search import check_one_child_per_trial, search_runs, the_study
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import PipelineError
 from pipeline.serve import postgres
 
 pytestmark = pytest.mark.slow
 
 
-def _require(what: str, check) -> None:
-    try:
-        check()
-    except (ImportError, PipelineError) as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{what} is missing in CI: {e}")
-        pytest.skip(f"{what} is not installed here: {e}")
-
-
 def _server_folder() -> Path:
     """A folder the postgres user can reach (pytest's own temp folders are private to root);
     skipped (a failure under CI=true) without PostgreSQL or the postgres extra."""
-    _require("PostgreSQL", postgres.bindir)
-    _require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
+    require("PostgreSQL", postgres.bindir)
+    require("the postgres extra (psycopg)", lambda: __import__("psycopg"))
     folder = Path(tempfile.mkdtemp(prefix="pipeline-server-"))
     folder.chmod(0o755)
     return folder
@@ -97,7 +87,7 @@ def _env(server) -> dict:
 
 
 def test_a_ray_sweep_logs_each_job_once_to_the_postgres_server(server, tmp_path):
-    _require("the ray extra", lambda: __import__("hydra_plugins.hydra_ray_launcher.ray_launcher"))
+    require("the ray extra", lambda: __import__("hydra_plugins.hydra_ray_launcher.ray_launcher"))
     done = run_app(
         "sweep=smoke",
         "hydra/launcher=ray_cluster",

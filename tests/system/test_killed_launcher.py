@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, run_app, sqlite_rows, wait_for
+from helpers import WAIT, group_alive, run_app, sqlite_rows, wait_for
 
 from pipeline.paths import process_alive
 
@@ -68,26 +68,13 @@ def _both_configs_training(db: Path):
     return check
 
 
-def _group_alive(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group pgid."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            alive.append(int(stat.parent.name))
-    return alive
-
-
 def _end(process) -> str:
     """Wait for process to end (at most WAIT s); then SIGKILL what is left of its group (the
     workers it started, if they outlived it); return its output."""
     try:
         output, _ = process.communicate(timeout=WAIT)
     finally:
-        for pid in _group_alive(process.pid):  # the group of a session the test started
+        for pid in group_alive(process.pid):  # the group of a session the test started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return output

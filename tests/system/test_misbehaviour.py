@@ -22,7 +22,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import TRAIN_ONCE, WAIT, free_port, run_app, sqlite_rows, wait_for
+from helpers import TRAIN_ONCE, WAIT, free_port, group_alive, run_app, sqlite_rows, wait_for
 from helpers.ui import serving_ui, ui_env
 from mlflow.tracking import MlflowClient
 
@@ -63,24 +63,11 @@ def _runs(db: Path) -> list[tuple[str, str, dict]]:
     return [(name, status, by_run.get(run_id, {})) for run_id, name, status in rows]
 
 
-def _group_alive(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group pgid."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            alive.append(int(stat.parent.name))
-    return alive
-
-
 def _stopped(process: subprocess.Popen, seconds: int = WAIT) -> str:
     try:
         output, _ = process.communicate(timeout=seconds)
     finally:
-        for pid in _group_alive(process.pid):
+        for pid in group_alive(process.pid):
             os.kill(pid, signal.SIGKILL)
     return output
 
@@ -220,7 +207,7 @@ def test_a_stop_signal_while_both_train_side_by_side_ends_both_runs_killed(
     try:
         output, _ = app.communicate(timeout=WAIT)
         # its processes ended with it: none left training, orphaned
-        assert not _group_alive(app.pid), _group_alive(app.pid)
+        assert not group_alive(app.pid), group_alive(app.pid)
     finally:
         _stopped(app)
     assert app.returncode == code, output[-3000:]
@@ -242,7 +229,7 @@ def test_a_side_by_side_app_killed_by_sigkill_leaves_no_worker_and_no_run_runnin
         wait_for("both families training", lambda: _two_training(db), app)
         app.send_signal(signal.SIGKILL)
         app.wait()
-        wait_for("the workers to end", lambda: not _group_alive(app.pid), seconds=60)
+        wait_for("the workers to end", lambda: not group_alive(app.pid), seconds=60)
     finally:
         _stopped(app)
     statuses = [(s, t.get("failure_reason", "")) for _, s, t in _runs(db)]
@@ -301,7 +288,7 @@ def test_sigterm_to_a_sweep_launcher_stops_its_workers_and_closes_every_run(tmp_
     start = time.monotonic()
     output, _ = launcher.communicate(timeout=WAIT)
     # Its joblib workers are gone with it, not training on, orphaned.
-    wait_for("the workers to end", lambda: not _group_alive(launcher.pid), seconds=30)
+    wait_for("the workers to end", lambda: not group_alive(launcher.pid), seconds=30)
     assert launcher.returncode == 143, output[-3000:]
     # (a local Ray cluster's own servers ignore SIGTERM for the 20 s they are given)
     assert time.monotonic() - start < 90, "the workers' runs took long to close"
