@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def digits_champion(tmp_path, make_cfg):
     common = (f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'hydra'}")
     made = run_app(*common, "data=digits", "stages=[train]", "baseline=none", "train.epochs=1")
     assert made.returncode == 0, (made.stdout + made.stderr)[-3000:]
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # this test's store (conftest)
     (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     registered = run_app(*common, "stages=[register]", f"register.run_id={run.info.run_id}")
     assert registered.returncode == 0, (registered.stdout + registered.stderr)[-3000:]
