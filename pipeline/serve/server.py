@@ -109,34 +109,20 @@ def auth_settings(folder: Path, default_permission: str) -> Path:
     return ini
 
 
-def check_network(args, auth: bool) -> str | None:
-    """ui.check_network; with a login, its warning of a server open to all is this notice."""
-    if not auth:
-        return ui.check_network(args, "make server PORT")
-    if not 1 <= args.port <= 65535:
-        raise ui.UsageError(f"--port {args.port}: a port is a number from 1 to 65535")
-    allowed = (
-        ui.allowed_hosts_value(args.allowed_hosts, args.port)
-        if args.allowed_hosts is not None
-        else None
-    )
-    ui.check_port(args.host, args.port, "make server PORT")
-    if not ui.is_loopback(args.host):
-        print(
-            f"note: the MLflow server listens on {ui.url_host(args.host)}:{args.port}, beyond "
-            "this machine, and asks every request for a login; over plain HTTP the passwords\n"
-            "  cross the network readable: use a network you trust, or a reverse proxy with "
-            "TLS in front."
-            + (
-                ""
-                if allowed is not None
-                else "\n  Name the address your jobs use with ALLOWED_HOSTS=<name>: MLflow then "
-                "refuses requests for any other Host header."
-            ),
-            file=sys.stderr,
-            flush=True,
+def login_notice(host: str, port: int, allowed_hosts: str | None) -> str:
+    """What a person binding a server with a login beyond loopback must still know."""
+    return (
+        f"note: the MLflow server listens on {ui.url_host(host)}:{port}, beyond this "
+        "machine, and asks every request for a login; over plain HTTP the passwords\n"
+        "  cross the network readable: use a network you trust, or a reverse proxy with "
+        "TLS in front."
+        + (
+            ""
+            if allowed_hosts is not None
+            else "\n  Name the address your jobs use with ALLOWED_HOSTS=<name>: MLflow then "
+            "refuses requests for any other Host header."
         )
-    return allowed
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster, started = None, False
     login: dict[str, str] = {}
     try:
-        allowed = check_network(args, auth)
+        allowed = ui.check_network(
+            args, "make server PORT", login_notice if auth else ui.exposure_warning
+        )
         if auth:
             if importlib.util.find_spec("flask_wtf") is None:  # MLflow's `auth` extra
                 raise PipelineError(

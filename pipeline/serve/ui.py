@@ -299,9 +299,10 @@ def add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlruns", default="mlruns", help="the store folder (default: mlruns/)")
 
 
-def check_network(args, retry: str = "make ui PORT") -> str | None:
+def check_network(args, retry: str = "make ui PORT", warning=None) -> str | None:
     """Check the network options (UsageError if wrong; a taken port's names `retry`, the
-    command and its port setting); warn if exposed; return MLflow's --allowed-hosts."""
+    command and its port setting); warn if exposed (`warning(host, port, allowed)`, default
+    exposure_warning); return MLflow's --allowed-hosts."""
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: a port is a number from 1 to 65535")
     allowed = (
@@ -311,7 +312,8 @@ def check_network(args, retry: str = "make ui PORT") -> str | None:
     )
     check_port(args.host, args.port, retry)
     if not is_loopback(args.host):
-        print(exposure_warning(args.host, args.port, allowed), file=sys.stderr, flush=True)
+        warn = warning or exposure_warning
+        print(warn(args.host, args.port, allowed), file=sys.stderr, flush=True)
     return allowed
 
 

@@ -250,7 +250,8 @@ def claim_config(config) -> FileLock:
     for it to end rather than training the config twice (it says which run it waits for);
     it then finds that run FINISHED and reuses it, or, if it was killed, trains it itself."""
     key = identity.resume_key(config)
-    store_key = hashlib.sha256(f"{store.tracking_uri(config)}|{key}".encode()).hexdigest()
+    where = store.store_uri(config.paths.mlruns_dir)  # the store, unchecked: the job checks it
+    store_key = hashlib.sha256(f"{where}|{key}".encode()).hexdigest()
     folder = Path(tempfile.gettempdir()) / f"pipeline-{getattr(os, 'getuid', lambda: 0)()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     claim = FileLock(folder / f"config-{store_key[:24]}.lock")

@@ -151,26 +151,37 @@ def initialise_sqlite(uri: str) -> None:
         ) from None
     try:
         remove_orphaned_temp_files(db.parent)  # a build killed half-way
-        if not db.exists() or db.stat().st_size == 0:
+        built = not db.exists() or db.stat().st_size == 0
+        if built:
             _build_sqlite_store(db)
-        elif damage := _damage(db):
-            raise PipelineError(unreadable_store(db, damage))
-        elif (problem := _schema_problem(db)) and not _holds_schema_version(db):
-            raise PipelineError(
-                f"the MLflow store {db} {problem}: it is not an MLflow store, or one whose "
-                "making was stopped; nothing was changed. Point paths.mlruns_dir (or "
-                "MLFLOW_TRACKING_URI) at another store or, if it holds nothing you need, "
-                f"move it aside (mv {db} {db}.old)"
-            )
-        elif problem:
-            raise PipelineError(
-                f"the MLflow store {db} is not usable ({problem}); nothing was changed. "
-                f"Back it up, then upgrade it: mlflow db upgrade sqlite:///{db} (or set "
-                "paths.mlruns_dir to a new folder)"
-            )
     finally:
         lock.release()
+    # Checked outside the lock: a store in place is whole or not whatever others do, and
+    # parallel jobs need not wait for each other's reading of it.
+    if not built:
+        _check_usable(db)
     _READY_STORES.add(uri)
+
+
+def _check_usable(db: Path) -> None:
+    """PipelineError naming what is wrong with the store at `db` and the fix, if MLflow
+    cannot use it as it is."""
+    if damage := _damage(db):
+        raise PipelineError(unreadable_store(db, damage))
+    problem = _schema_problem(db)
+    if problem == NO_SCHEMA:
+        raise PipelineError(
+            f"the MLflow store {db} {problem}: it is not an MLflow store, or one whose "
+            "making was stopped; nothing was changed. Point paths.mlruns_dir (or "
+            "MLFLOW_TRACKING_URI) at another store or, if it holds nothing you need, "
+            f"move it aside (mv {db} {db}.old)"
+        )
+    if problem:
+        raise PipelineError(
+            f"the MLflow store {db} is not usable ({problem}); nothing was changed. "
+            f"Back it up, then upgrade it: mlflow db upgrade sqlite:///{db} (or set "
+            "paths.mlruns_dir to a new folder)"
+        )
 
 
 def _build_sqlite_store(db: Path) -> None:
@@ -283,6 +294,9 @@ def _damage(db: Path) -> str | None:
     return None
 
 
+NO_SCHEMA = "holds no MLflow schema version"
+
+
 def _schema_problem(db: Path) -> str | None:
     """Why MLflow cannot use the store at `db`, or None if its schema is MLflow's current one."""
     from mlflow.store.db.utils import _get_latest_schema_revision
@@ -290,21 +304,12 @@ def _schema_problem(db: Path) -> str | None:
     try:
         with closing(sqlite3.connect(db, timeout=60)) as connection:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:
-        return "holds no MLflow schema version"
+    except sqlite3.Error:  # no alembic_version table
+        return NO_SCHEMA
     head = _get_latest_schema_revision()
     if not row or row[0] != head:
         return f"schema version {row[0] if row else 'none'}, this MLflow needs {head}"
     return None
-
-
-def _holds_schema_version(db: Path) -> bool:
-    with closing(sqlite3.connect(db, timeout=60)) as connection:
-        return bool(
-            connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'"
-            ).fetchone()
-        )
 
 
 # ---- a RUNNING run must have a live process behind it -----------------------------------
