@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.engine.errors import DivergenceError, EngineError
 from pipeline.logs import redact
+from pipeline.paths import DISK_FULL_ERRNOS
 
 
 class PipelineError(Exception):
@@ -53,7 +54,6 @@ _NOT_WRITABLE = {
     errno.EACCES: "is not writable",
     errno.EPERM: "is not writable",
 }
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 SQLITE_FULL = "database or disk is full"  # SQLite's own words (SQLITE_FULL)
 
 
@@ -154,7 +154,7 @@ def disk_full(error: BaseException) -> BaseException | None:
     """The exception in `error`'s chain that says a disk is full (ENOSPC, a quota, SQLite's
     "database or disk is full", also as MLflow or SQLAlchemy wrap it), else None."""
     for link in _chain(error):
-        if isinstance(link, OSError) and link.errno in _DISK_FULL_ERRNOS:
+        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
             return link
         try:
             text = str(link)

@@ -14,11 +14,12 @@ for every record.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
 import sys
+
+from pipeline.paths import DISK_FULL_ERRNOS
 
 # scheme://user:password@  →  scheme://user:***@   (a user name alone is no secret)
 _CREDENTIALS = re.compile(
@@ -83,7 +84,7 @@ def guard_file_handlers() -> None:
 def _stop_on_full_disk(handler: logging.FileHandler):
     def handle_error(record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
-        if not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
+        if not (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS):
             logging.FileHandler.handleError(handler, record)
             return
         UNWRITTEN_LOGS.append(

@@ -19,7 +19,7 @@ os.umask(_UMASK)
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "localhost"
 _PART = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[^.]+\.part$")
 ORPHAN_AGE = 3600  # seconds: a temp file of unknown writer untouched this long is abandoned
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left; over quota
 
 
 def from_root(path: str | os.PathLike) -> Path:
@@ -51,7 +51,7 @@ def atomic_write(dest: Path, mode: str = "wb"):
         os.replace(tmp, dest)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _DISK_FULL and e.filename is None:
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS and e.filename is None:
             raise OSError(e.errno, e.strerror, str(dest)) from e
         raise
 

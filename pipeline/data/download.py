@@ -23,7 +23,13 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write, check_writable, from_root, remove_orphaned_temp_files
+from pipeline.paths import (
+    DISK_FULL_ERRNOS,
+    atomic_write,
+    check_writable,
+    from_root,
+    remove_orphaned_temp_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ def fetch(name: str, md5: str, mirrors: list[str], dest_dir: Path,
             log.info("download: %s verified (from %s)", name, mirror)
             return dest
         except (OSError, ValueError, ChecksumMismatch) as e:  # URLError is an OSError
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
                 raise  # our disk, not the mirror's: the app names the folder (errors.disk_full)
             log.warning("download: %s from %s failed: %s", name, mirror, e)
             failures.append(f"  - {mirror}: {e}")
